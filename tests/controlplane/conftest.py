@@ -1,0 +1,67 @@
+"""Fixtures of the control-plane tier: a real kube-apiserver + etcd, with
+kube-controller-manager, kube-scheduler and KWOK fake nodes (tests/kubeenv.py).
+
+Skip-free on purpose: when the binaries are missing the tests fail with the command
+that builds them (`hack/build-k8s.sh`); CI runs that script first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes.client
+import pytest
+from kubeenv import REPO_ROOT, ControlPlane, ControlPlaneError, ignore_not_found, unique_name
+
+KUBERAY_CRDS = REPO_ROOT / "tests" / "fixtures" / "kuberay" / "v1.7.0"
+CRD_PATHS: list[Path] = [
+    REPO_ROOT / "crds" / "finetunejobs.edgetune.dev.yaml",
+    KUBERAY_CRDS / "ray.io_rayjobs.yaml",
+    KUBERAY_CRDS / "ray.io_rayclusters.yaml",
+]
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """One control plane for the whole session (starting one takes seconds)."""
+    missing = [str(p.relative_to(REPO_ROOT)) for p in CRD_PATHS if not p.exists()]
+    if missing:
+        pytest.fail(f"CRD files missing: {', '.join(missing)}", pytrace=False)
+    plane = ControlPlane(crd_paths=CRD_PATHS)
+    error = ""
+    try:
+        plane.start()
+    except ControlPlaneError as exc:
+        error = str(exc)
+    if error:  # failed outside the except block: no chained traceback around the message
+        pytest.fail(error, pytrace=False)
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_api(control_plane: ControlPlane) -> Iterator[kubernetes.client.ApiClient]:
+    """An ApiClient acting as the cluster admin."""
+    with control_plane.api_client() as client:
+        yield client
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, kube_api: kubernetes.client.ApiClient) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting for it to go)."""
+    core = kubernetes.client.CoreV1Api(kube_api)
+    name = unique_name("t")
+    core.create_namespace({"metadata": {"name": name}})
+    # Pods are rejected by the ServiceAccount admission plugin until the
+    # controller-manager has created the namespace's "default" ServiceAccount.
+    control_plane.wait_for(
+        f"ServiceAccount {name}/default",
+        lambda: core.read_namespaced_service_account("default", name) is not None,
+    )
+    try:
+        yield name
+    finally:
+        ignore_not_found(lambda: core.delete_namespace(name))
