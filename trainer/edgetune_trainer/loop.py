@@ -1,0 +1,419 @@
+"""The training function every Ray Train worker runs (`TorchTrainer(train_loop_per_worker, ...)`).
+
+One optimizer step = `gradientAccumulation` micro-batches of `batchSizePerWorker` on each of W ranks.
+Every decision that makes all ranks call `ray.train.report` or a collective (progress interval,
+checkpoint due, epoch end) is a pure function of the step and epoch, so ranks never diverge.
+
+Resume: the newest intact checkpoint restores model, optimizer, scheduler, scaler, each rank's RNG,
+the epoch and the number of micro-batches consumed in it; the epoch's data order is a function of
+(seed, epoch, rank), so training continues exactly where it stopped and no step is trained twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from edgetune_trainer import checkpoint as ckpt
+from edgetune_trainer.artifact import save_artifact
+from edgetune_trainer.config import TrainJobConfig, load_train_config
+from edgetune_trainer.data import encode, locate, preprocessing_for, shard, split_examples
+from edgetune_trainer.metrics import TrainMetrics
+from edgetune_trainer.models import LoadedModel, apply_freeze, load_model
+from edgetune_trainer.storage import JobStorage
+
+log = logging.getLogger("edgetune.train")
+
+MODEL_KEY = "model"
+REPORTS_PER_RUN = 20  # progress lines (and ray.train.report barriers) per run, besides checkpoints and evals
+
+
+@dataclass
+class Plan:
+    """How many steps, and when to report and checkpoint."""
+
+    micro_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    progress_every: int
+    checkpoint_every_steps: int | None
+    checkpoint_every_epochs: int | None
+
+
+def make_plan(config: TrainJobConfig, shard_size: int) -> Plan:
+    training = config.training
+    micro = math.ceil(shard_size / training.batch_size_per_worker)
+    per_epoch = math.ceil(micro / training.gradient_accumulation)
+    total = training.epochs * per_epoch if training.epochs else training.max_steps
+    if training.max_steps:
+        total = min(total, training.max_steps)
+    every_steps = config.checkpoint.every_steps
+    every_epochs = None if every_steps else (config.checkpoint.every_epochs or 1)
+    return Plan(micro, per_epoch, total, max(1, total // REPORTS_PER_RUN), every_steps, every_epochs)
+
+
+def linear_schedule(total_steps: int, warmup_ratio: float) -> Any:
+    warmup = int(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def epoch_order(size: int, seed: int, epoch: int, rank: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + rank)
+    return torch.randperm(size, generator=generator).tolist()
+
+
+def private_generator() -> torch.Generator:
+    """A DataLoader draws its base seed from the global RNG on every iteration unless given its own
+    generator; that would make dropout after a resume depend on how many loaders were created."""
+    return torch.Generator().manual_seed(0)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def forward(model: nn.Module, batch: dict[str, torch.Tensor], family: str) -> torch.Tensor:
+    """Logits for a batch, whatever the model family."""
+    if family == "hf":
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return model(batch["pixel_values"])
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def evaluate(
+    model: nn.Module, dataset: Dataset, family: str, labels: int, batch: int, device: torch.device
+) -> dict[str, float]:
+    """Accuracy and macro-F1 over every rank's eval shard (sums all-reduced, so all ranks agree)."""
+    model.eval()
+    counts = [0.0] * (2 + 3 * labels)  # correct, total, then tp/fp/fn per class
+    with torch.no_grad():
+        for item in DataLoader(dataset, batch_size=batch, generator=private_generator()):
+            item = {k: v.to(device) for k, v in item.items()}
+            predicted = forward(model, item, family).argmax(-1)
+            truth = item["labels"]
+            counts[0] += float((predicted == truth).sum())
+            counts[1] += float(truth.numel())
+            for c in range(labels):
+                counts[2 + 3 * c] += float(((predicted == c) & (truth == c)).sum())
+                counts[3 + 3 * c] += float(((predicted == c) & (truth != c)).sum())
+                counts[4 + 3 * c] += float(((predicted != c) & (truth == c)).sum())
+    model.train()
+    counts = _all_reduce(counts, device)
+    f1s = []
+    for c in range(labels):
+        tp, fp, fn = counts[2 + 3 * c : 5 + 3 * c]
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return {
+        "eval_accuracy": counts[0] / max(1.0, counts[1]),
+        "eval_macro_f1": sum(f1s) / labels,
+        "eval_examples": counts[1],
+    }
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches consumed in the current epoch
+    resumed_from: str | None = None
+    interval_loss: list[float] = field(default_factory=list)
+    interval_start: float = field(default_factory=time.perf_counter)
+    interval_samples: int = 0
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+class Worker:
+    """One rank's view of the run: model, optimizer, data, and the report/checkpoint protocol."""
+
+    def __init__(self, loop_config: dict[str, Any]) -> None:
+        self.config = load_train_config(loop_config["job"])
+        self.base_dir = Path(loop_config["base_dir"]) if loop_config.get("base_dir") else None
+        self.run_token: str = loop_config["run_token"]
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.storage = JobStorage(self.config.storage, self.config.namespace, self.config.name)
+        training = self.config.training
+
+        torch.manual_seed(training.seed)  # the same new head on every rank
+        self.loaded = self._load_model()
+        apply_freeze(self.loaded, self.config.model.freeze)
+        split = split_examples(self.config, self.base_dir)
+        self.train_set = encode(
+            shard(split.train, self.rank, self.world, equal=True), self.config, self.loaded.tokenizer
+        )
+        self.eval_set = encode(
+            shard(split.eval, self.rank, self.world, equal=False), self.config, self.loaded.tokenizer
+        )
+        self.plan = make_plan(self.config, len(self.train_set))
+        torch.manual_seed(training.seed + self.rank)  # dropout differs per rank, reproducibly
+
+        self.model = ray.train.torch.prepare_model(self.loaded.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if training.optimizer == "adamw":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                params, lr=training.learning_rate, weight_decay=training.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.SGD(
+                params, lr=training.learning_rate, momentum=0.9, weight_decay=training.weight_decay
+            )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, linear_schedule(self.plan.total_steps, training.warmup_ratio)
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=training.precision == "fp16")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(training.precision)
+        self.state = TrainState()
+        self.metrics = TrainMetrics(self.config.namespace, self.config.name) if self.rank == 0 else None
+        if self.metrics:
+            self.metrics.serve()
+
+    def _load_model(self) -> LoadedModel:
+        source = self.config.model.source
+        if source.startswith(("hf://", "torchvision://")):
+            return load_model(self.config.model)
+        filesystem, path = locate(source, self.config.storage, self.base_dir)
+        if source.startswith("s3://"):  # every rank fetches its own copy of the model folder
+            local = Path(tempfile.mkdtemp(prefix="edgetune-model-"))
+            pafs.copy_files(
+                path, str(local), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem()
+            )
+            path = str(local)
+        return load_model(self.config.model, Path(path))
+
+    # --- resume ---------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        point = ckpt.find_resume_point(self.storage)
+        if point is None:
+            return
+        state = point.state
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.state.step, self.state.epoch = state["step"], state["epoch"]
+        self.state.batch_in_epoch = state["batch_in_epoch"]
+        self.state.resumed_from = point.uri
+        if state["world_size"] == self.world:
+            ckpt.restore_rng(state["rng"][self.rank])
+        elif self.rank == 0:
+            log.warning(
+                "checkpoint was written by %d workers, now %d: the data order of the current epoch "
+                "changes from here on",
+                state["world_size"],
+                self.world,
+            )
+        if self.rank == 0:
+            log.info("resuming from %s (step %d, epoch %d)", point.uri, self.state.step, self.state.epoch)
+
+    # --- reporting ------------------------------------------------------------------------------
+
+    def _base_metrics(self, kind: str) -> dict[str, Any]:
+        return {
+            "kind": kind,
+            "step": self.state.step,
+            "total_steps": self.plan.total_steps,
+            "epoch": self.state.epoch,
+            "world_size": self.world,
+            "pid": os.getpid(),  # lets fault-injection tests kill a chosen rank
+            **self.state.last_eval,
+        }
+
+    def report_progress(self) -> None:
+        state = self.state
+        now = time.perf_counter()
+        elapsed = now - state.interval_start
+        mean_loss, samples = _all_reduce(
+            [sum(state.interval_loss) / max(1, len(state.interval_loss)), state.interval_samples], self.device
+        )
+        mean_loss /= self.world
+        rate = samples / elapsed if elapsed > 0 else 0.0
+        metrics = {**self._base_metrics("progress"), "loss": mean_loss, "samples_per_second": rate}
+        if self.metrics:
+            self.metrics.record_progress(state.step, state.epoch, mean_loss, rate)
+        # The clock restarts before the report, so its cost counts in the next interval's rate.
+        state.interval_loss, state.interval_samples, state.interval_start = [], 0, now
+        ray.train.report(metrics)
+
+    def save_checkpoint(self) -> None:
+        started = time.perf_counter()
+        rng_states = [None] * self.world
+        if self.world > 1:
+            dist.all_gather_object(rng_states, ckpt.capture_rng())
+        else:
+            rng_states = [ckpt.capture_rng()]
+        name = ckpt.dir_name(self.state.step, self.run_token)
+        metrics = self._base_metrics("checkpoint")
+        if self.rank != 0:
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+            return
+        state = {
+            "model": {k: v.detach().cpu() for k, v in unwrap(self.model).state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "batch_in_epoch": self.state.batch_in_epoch,
+            "world_size": self.world,
+            "rng": rng_states,
+        }
+        with tempfile.TemporaryDirectory(prefix="edgetune-ckpt-") as folder:
+            manifest = ckpt.write_checkpoint(Path(folder), state)
+            metrics.update(checkpoint=name, checkpoint_bytes=manifest["bytes"])
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name)
+        seconds = time.perf_counter() - started
+        if self.metrics:
+            self.metrics.record_checkpoint(seconds, manifest["bytes"])
+        log.info("checkpoint %s: step %d, %.1f MB in %.2f s", name, self.state.step, manifest["bytes"] / 1e6, seconds)
+
+    def run_eval(self) -> None:
+        result = evaluate(
+            unwrap(self.model),
+            self.eval_set,
+            self.loaded.family,
+            self.config.model.num_labels,
+            self.config.training.batch_size_per_worker,
+            self.device,
+        )
+        self.state.last_eval = result
+        if self.metrics:
+            self.metrics.record_eval(result["eval_accuracy"])
+        ray.train.report(self._base_metrics("eval"))
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def _micro_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        order = epoch_order(len(self.train_set), self.config.training.seed, self.state.epoch, self.rank)
+        start = self.state.batch_in_epoch * self.config.training.batch_size_per_worker
+        loader = DataLoader(
+            self.train_set,
+            batch_size=self.config.training.batch_size_per_worker,
+            sampler=order[start:],
+            generator=private_generator(),
+        )
+        for batch in loader:
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _sync_context(self, last_micro_of_step: bool) -> contextlib.AbstractContextManager[None]:
+        if last_micro_of_step or not isinstance(self.model, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.model.no_sync()  # accumulate locally; all-reduce once per optimizer step
+
+    def train_step_batches(self) -> None:
+        """Consume the rest of the current epoch (or stop at total_steps)."""
+        training, plan, state = self.config.training, self.plan, self.state
+        accumulation = training.gradient_accumulation
+        for batch in self._micro_batches():
+            index = state.batch_in_epoch  # 0-based micro-batch index in the epoch
+            closes_step = (index + 1) % accumulation == 0 or index + 1 == plan.micro_per_epoch
+            with self._sync_context(closes_step):
+                with torch.autocast(
+                    self.device.type,
+                    dtype=self.autocast_dtype or torch.float32,
+                    enabled=self.autocast_dtype is not None,
+                ):
+                    logits = forward(self.model, batch, self.loaded.family)
+                    loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
+                self.scaler.scale(loss / accumulation).backward()
+            state.batch_in_epoch += 1
+            state.interval_loss.append(float(loss.detach()))
+            state.interval_samples += int(batch["labels"].numel())
+            if not closes_step:
+                continue
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            state.step += 1
+            if state.step % plan.progress_every == 0:
+                self.report_progress()
+            if plan.checkpoint_every_steps and state.step % plan.checkpoint_every_steps == 0:
+                self.save_checkpoint()
+            if state.step >= plan.total_steps:
+                return
+
+    def train(self) -> dict[str, Any]:
+        self.resume()
+        plan, state = self.plan, self.state
+        while state.step < plan.total_steps:
+            self.train_step_batches()
+            if state.batch_in_epoch >= plan.micro_per_epoch:  # the epoch is complete
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                self.run_eval()
+                if plan.checkpoint_every_epochs and state.epoch % plan.checkpoint_every_epochs == 0:
+                    self.save_checkpoint()
+        if not state.last_eval:
+            self.run_eval()
+        if self.rank == 0:
+            self.write_artifact()
+        checksum = sum(float(p.detach().double().sum()) for p in unwrap(self.model).parameters())
+        final = {**self._base_metrics("final"), "resumed_from": state.resumed_from or "", "param_checksum": checksum}
+        ray.train.report(final)
+        return final
+
+    def write_artifact(self) -> None:
+        """Upload the trained model as a self-describing artifact, header last (readers wait for it)."""
+        labels = self.config.model.label_names()
+        with tempfile.TemporaryDirectory(prefix="edgetune-model-") as folder:
+            final = LoadedModel(
+                unwrap(self.model).cpu(),
+                self.loaded.family,
+                self.loaded.architecture,
+                self.loaded.head,
+                self.loaded.tokenizer,
+            )
+            save_artifact(
+                final,
+                Path(folder),
+                task=self.config.model.task,
+                labels=labels,
+                preprocessing=preprocessing_for(self.config),
+                extra={"source": self.config.model.source, "steps": self.state.step, "eval": self.state.last_eval},
+            )
+            self.storage.delete_dir(MODEL_KEY)
+            self.storage.upload_dir(Path(folder), MODEL_KEY, last=("edgetune-model.json",))
+        log.info("model artifact written to %s", self.storage.uri(MODEL_KEY))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # Ray logs every report at INFO
+    worker = Worker(loop_config)
+    try:
+        worker.train()
+    except torch.OutOfMemoryError as err:
+        raise RuntimeError(
+            f"out of memory with batchSizePerWorker={worker.config.training.batch_size_per_worker}: lower it "
+            "(raise gradientAccumulation to keep the effective batch) or use precision bf16"
+        ) from err

@@ -1,0 +1,137 @@
+"""Launch a training run: a Ray Train `TorchTrainer` over `loop.train_loop_per_worker`.
+
+The same function serves the RayJob entrypoint on a cluster (`edgetune-train`, Ray already running)
+and `edgetune run` on one machine (a local Ray started here). Storage is checked before Ray starts,
+so an unreachable endpoint fails in seconds with its name, not inside a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from edgetune_trainer import checkpoint as ckpt
+from edgetune_trainer.config import TrainJobConfig
+from edgetune_trainer.data import locate, split_examples
+from edgetune_trainer.loop import MODEL_KEY, train_loop_per_worker
+from edgetune_trainer.models import ModelLoadError
+from edgetune_trainer.progress import ProgressEvent, ProgressPump, ProgressSink, log_sink
+from edgetune_trainer.storage import JobStorage, RetryPolicy
+
+log = logging.getLogger("edgetune.train")
+
+
+class TrainingError(RuntimeError):
+    """Training failed; the message is the root cause a user can act on."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    total_steps: int
+    eval_accuracy: float | None
+    eval_macro_f1: float | None
+    model_uri: str
+    resumed_from: str | None
+    events: list[ProgressEvent]
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost worker error, as `Type: message` (Ray wraps it several times)."""
+    failures = getattr(error, "worker_failures", None) or getattr(error, "errors", None)
+    if isinstance(failures, dict) and failures:
+        error = next(iter(failures.values()))
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"
+
+
+def preflight(config: TrainJobConfig, base_dir: Path | None) -> None:
+    """Surface data and model-path problems in the driver, before any worker starts (and is retried)."""
+    split_examples(config, base_dir)
+    source = config.model.source
+    if source.startswith("torchvision://"):
+        import torchvision
+
+        name = source[len("torchvision://") :].split("@", 1)[0]
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise ModelLoadError(f"unknown torchvision classification model {name!r} in {source!r}")
+    elif not source.startswith(("hf://", "s3://")):
+        filesystem, path = locate(source, config.storage, base_dir)
+        if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+            raise ModelLoadError(f"model source {source!r}: {path} does not exist")
+
+
+def run_training(
+    config: TrainJobConfig,
+    *,
+    base_dir: Path | None = None,
+    sinks: Sequence[ProgressSink] = (log_sink,),
+    fresh: bool = False,
+    max_failures: int = 2,
+    ray_init: dict[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
+) -> TrainResult:
+    """Train `config` to completion (resuming from its latest intact checkpoint) and write the model."""
+    storage = JobStorage(config.storage, config.namespace, config.name, retry)
+    storage.check_reachable()
+    if fresh:
+        storage.delete_dir(ckpt.CHECKPOINTS_KEY)
+        storage.delete_dir(MODEL_KEY)
+    base_dir = base_dir.resolve() if base_dir else None  # workers run in other folders
+    preflight(config, base_dir)
+    if not ray.is_initialized():
+        ray.init(**(ray_init or {}))
+
+    pump = ProgressPump(sinks).start()
+    gpus = config.scaling.gpus_per_worker
+    resources = {"CPU": config.scaling.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "job": config.to_dict(),
+            "base_dir": str(base_dir) if base_dir else None,
+            "run_token": secrets.token_hex(3),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.scaling.workers, use_gpu=gpus > 0, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=ckpt.CHECKPOINTS_KEY,
+            storage_path=storage.path(),
+            storage_filesystem=storage.filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoint.keep),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            callbacks=[pump.callback()],
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception as err:  # Ray raises its own wrapper types; users need the cause
+        raise TrainingError(f"training {config.namespace}/{config.name} failed: {_root_cause(err)}") from err
+    finally:
+        pump.stop()
+    # Result.metrics are those of the latest checkpoint in Ray Train V2; the final report is the outcome.
+    finals = [event for event in pump.events if event.kind == "final"]
+    if not finals:
+        raise TrainingError(f"training {config.namespace}/{config.name} ended without a final report")
+    final = finals[-1]
+    return TrainResult(
+        steps=final.step,
+        total_steps=final.total_steps,
+        eval_accuracy=final.eval_accuracy,
+        eval_macro_f1=final.eval_macro_f1,
+        model_uri=storage.uri(MODEL_KEY),
+        resumed_from=final.resumed_from or None,
+        events=pump.events,
+    )
