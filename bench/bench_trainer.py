@@ -73,6 +73,9 @@ def plain_worker(
 
 
 def run_plain(model_dir: Path, data: Path, batch: int, warmup: int, steps: int) -> float:
+    # As torchrun does (and Ray does for a 1-CPU worker): one OpenMP thread per process, set before the
+    # worker imports torch, so no spinning thread pool competes for the two cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "plain.json"
         mp.spawn(

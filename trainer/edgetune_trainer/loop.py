@@ -4,6 +4,10 @@ One optimizer step = `gradientAccumulation` micro-batches of `batchSizePerWorker
 Every decision that makes all ranks call `ray.train.report` or a collective (progress interval,
 checkpoint due, epoch end) is a pure function of the step and epoch, so ranks never diverge.
 
+Progress, eval and the final result go from rank 0 straight to the driver's queue (progress.py):
+`ray.train.report` waits for the Ray Train controller to collect the previous report (it polls about
+every 2 s), so it is used only for checkpoints, which Ray must register for keep-N and restore.
+
 Resume: the newest intact checkpoint restores model, optimizer, scheduler, scaler, each rank's RNG,
 the epoch and the number of micro-batches consumed in it; the epoch's data order is a function of
 (seed, epoch, rank), so training continues exactly where it stopped and no step is trained twice.
@@ -41,7 +45,7 @@ from edgetune_trainer.storage import JobStorage
 log = logging.getLogger("edgetune.train")
 
 MODEL_KEY = "model"
-REPORTS_PER_RUN = 20  # progress lines (and ray.train.report barriers) per run, besides checkpoints and evals
+REPORTS_PER_RUN = 20  # progress events per run, besides checkpoints and evals
 
 
 @dataclass
@@ -157,6 +161,7 @@ class Worker:
         self.config = load_train_config(loop_config["job"])
         self.base_dir = Path(loop_config["base_dir"]) if loop_config.get("base_dir") else None
         self.run_token: str = loop_config["run_token"]
+        self.progress_queue = loop_config.get("progress_queue")
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -177,6 +182,7 @@ class Worker:
         torch.manual_seed(training.seed + self.rank)  # dropout differs per rank, reproducibly
 
         self.model = ray.train.torch.prepare_model(self.loaded.model)
+        self.pids = tuple(self.gather(os.getpid()))
         params = [p for p in self.model.parameters() if p.requires_grad]
         if training.optimizer == "adamw":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -244,7 +250,7 @@ class Worker:
             "total_steps": self.plan.total_steps,
             "epoch": self.state.epoch,
             "world_size": self.world,
-            "pid": os.getpid(),  # lets fault-injection tests kill a chosen rank
+            "pids": self.pids,  # every rank's process: fault-injection tests kill a chosen one
             **self.state.last_eval,
         }
 
@@ -262,15 +268,16 @@ class Worker:
             self.metrics.record_progress(state.step, state.epoch, mean_loss, rate)
         # The clock restarts before the report, so its cost counts in the next interval's rate.
         state.interval_loss, state.interval_samples, state.interval_start = [], 0, now
-        ray.train.report(metrics)
+        self.emit(metrics)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Rank 0 sends an event to the driver; no barrier, no wait for the controller."""
+        if self.rank == 0 and self.progress_queue is not None:
+            self.progress_queue.put_nowait((event, None))
 
     def save_checkpoint(self) -> None:
         started = time.perf_counter()
-        rng_states = [None] * self.world
-        if self.world > 1:
-            dist.all_gather_object(rng_states, ckpt.capture_rng())
-        else:
-            rng_states = [ckpt.capture_rng()]
+        rng_states = self.gather(ckpt.capture_rng())
         name = ckpt.dir_name(self.state.step, self.run_token)
         metrics = self._base_metrics("checkpoint")
         if self.rank != 0:
@@ -308,7 +315,7 @@ class Worker:
         self.state.last_eval = result
         if self.metrics:
             self.metrics.record_eval(result["eval_accuracy"])
-        ray.train.report(self._base_metrics("eval"))
+        self.emit(self._base_metrics("eval"))
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -364,6 +371,7 @@ class Worker:
 
     def train(self) -> dict[str, Any]:
         self.resume()
+        self.model.train()  # from_pretrained returns a model in eval mode: dropout would be off
         plan, state = self.plan, self.state
         while state.step < plan.total_steps:
             self.train_step_batches()
@@ -378,9 +386,21 @@ class Worker:
         if self.rank == 0:
             self.write_artifact()
         checksum = sum(float(p.detach().double().sum()) for p in unwrap(self.model).parameters())
-        final = {**self._base_metrics("final"), "resumed_from": state.resumed_from or "", "param_checksum": checksum}
-        ray.train.report(final)
+        final = {
+            **self._base_metrics("final"),
+            "resumed_from": state.resumed_from or "",
+            "param_checksums": tuple(self.gather(checksum)),  # equal on every rank when DDP kept them in sync
+        }
+        self.emit(final)
         return final
+
+    def gather(self, value: Any) -> list[Any]:
+        """`value` from every rank, in rank order."""
+        if self.world == 1:
+            return [value]
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
 
     def write_artifact(self) -> None:
         """Upload the trained model as a self-describing artifact, header last (readers wait for it)."""

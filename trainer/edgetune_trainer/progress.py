@@ -1,8 +1,9 @@
 """Progress of a run, delivered to whoever watches it: the log, `edgetune run`'s display, the operator.
 
-Workers report through `ray.train.report`; Ray Train V2 hands every report to `UserCallback.after_report`
-in its controller actor. `QueueCallback` forwards rank 0's metrics to a Ray queue, and `ProgressPump`,
-a thread in the driver, passes each event to the sinks: any callable taking a `ProgressEvent`.
+Events reach one Ray queue by two roads: rank 0 puts progress, eval and final events on it directly,
+and checkpoint reports (`ray.train.report`) reach it through `QueueCallback`, a `UserCallback` that Ray
+Train V2 runs in its controller actor. `ProgressPump`, a thread in the driver, passes each event to the
+sinks: any callable taking a `ProgressEvent`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class ProgressEvent:
     checkpoint_bytes: int | None = None
     resumed_from: str | None = None
     pids: tuple[int, ...] = ()  # every rank's worker process, for fault-injection tests
-    param_checksums: tuple[float, ...] = ()  # every rank's, on the final report: equal when DDP synced
+    param_checksums: tuple[float, ...] = ()  # every rank's, on the final event: equal when DDP synced
 
     @classmethod
     def from_metrics(cls, metrics: dict[str, Any], checkpoint_uri: str | None = None) -> ProgressEvent:
@@ -53,19 +54,15 @@ ProgressSink = Callable[[ProgressEvent], None]
 
 
 class QueueCallback(ray.train.UserCallback):
-    """Runs in the Ray Train controller: forwards rank 0's reports to the driver's queue."""
+    """Runs in the Ray Train controller: forwards each checkpoint report, with the checkpoint's
+    storage path, to the driver's queue (rank 0 sends every other event to the queue itself)."""
 
     def __init__(self, queue: Queue) -> None:
         self.queue = queue
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         uri = getattr(checkpoint, "path", None) if checkpoint is not None else None
-        event = {
-            **metrics[0],
-            "pids": tuple(m.get("pid", 0) for m in metrics),
-            "param_checksums": tuple(m["param_checksum"] for m in metrics if "param_checksum" in m),
-        }
-        self.queue.put_nowait((event, uri))
+        self.queue.put_nowait((metrics[0], uri))
 
 
 class ProgressPump:

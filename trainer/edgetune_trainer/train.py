@@ -102,6 +102,7 @@ def run_training(
             "job": config.to_dict(),
             "base_dir": str(base_dir) if base_dir else None,
             "run_token": secrets.token_hex(3),
+            "progress_queue": pump.queue,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.scaling.workers, use_gpu=gpus > 0, resources_per_worker=resources
@@ -121,7 +122,7 @@ def run_training(
         raise TrainingError(f"training {config.namespace}/{config.name} failed: {_root_cause(err)}") from err
     finally:
         pump.stop()
-    # Result.metrics are those of the latest checkpoint in Ray Train V2; the final report is the outcome.
+    # Result.metrics are those of the latest checkpoint in Ray Train V2; rank 0's final event is the outcome.
     finals = [event for event in pump.events if event.kind == "final"]
     if not finals:
         raise TrainingError(f"training {config.namespace}/{config.name} ended without a final report")
