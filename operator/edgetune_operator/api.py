@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from edgetune_trainer.config import (
     ApiModel,
     CheckpointSpec,
@@ -32,7 +34,6 @@ from edgetune_trainer.config import (
     schema_only,
 )
 from edgetune_trainer.problems import ConfigError, Problem, from_validation_error
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 GROUP = "edgetune.dev"
 VERSION = "v1alpha1"
@@ -125,13 +126,7 @@ ConditionType = Literal["Validated", "Launched", "Training", "Exported", "Succee
 class StatusModel(BaseModel):
     """Status is written by the operator, so it is read leniently (unknown fields ignored)."""
 
-    model_config = ConfigDict(
-        alias_generator=ApiModel.model_config["alias_generator"],
-        validate_by_alias=True,
-        validate_by_name=True,
-        serialize_by_alias=True,
-        extra="ignore",
-    )
+    model_config = ConfigDict(ApiModel.model_config, extra="ignore", strict=False, frozen=False)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -191,14 +186,7 @@ class ObjectMeta(BaseModel):
 
 
 class FineTuneJob(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=ApiModel.model_config["alias_generator"],
-        validate_by_alias=True,
-        validate_by_name=True,
-        serialize_by_alias=True,
-        extra="forbid",
-        strict=True,
-    )
+    model_config = ConfigDict(ApiModel.model_config, frozen=False)
 
     api_version: Literal["edgetune.dev/v1alpha1"]
     kind: Literal["FineTuneJob"]

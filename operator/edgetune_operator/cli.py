@@ -1,21 +1,28 @@
 """`edgetune`: the user's command line.
 
-    edgetune validate FILE...   check FineTuneJob files against the API, listing every problem
-    edgetune crd [-o PATH]      print (or write) the generated CustomResourceDefinition
+    edgetune validate FILE...            check FineTuneJob files against the API, listing every problem
+    edgetune crd [-o PATH]               print (or write) the generated CustomResourceDefinition
+    edgetune train FILE [--fresh]        train a FineTuneJob on this machine (local Ray), into spec.storage
+    edgetune export FILE --target NAME   export one target of a trained FineTuneJob
+    edgetune predict EXPORT INPUT        run an exported model on one text or image with onnxruntime
 
 It lives in the operator package because it speaks the whole FineTuneJob API (the operator's
-models); it needs only pydantic and PyYAML.
+models). validate and crd need only pydantic and PyYAML; train, export and predict load the trainer
+(the `trainer` extra) only when called.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 from pathlib import Path
 
-from edgetune_operator.api import document_problems
+from edgetune_operator.api import FineTuneJob, document_problems, parse_job, to_trainer_config
 from edgetune_operator.crdgen import render_crd_yaml
 from edgetune_operator.documents import load_documents
+from edgetune_trainer.config import TrainJobConfig
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -31,6 +38,62 @@ def cmd_validate(args: argparse.Namespace) -> int:
             else:
                 print(f"{doc.label}: FineTuneJob {doc.data['metadata']['name']!r} is valid")
     return 1 if failed else 0
+
+
+class CommandError(Exception):
+    """A problem to print as one message, with the exit code to return."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_job(path: str) -> FineTuneJob:
+    """The first FineTuneJob of a file, validated; CommandError listing every problem otherwise."""
+    for doc in load_documents(path):
+        if doc.problems:
+            raise CommandError("\n".join(f"{doc.label}: {p}" for p in doc.problems))
+        if isinstance(doc.data, dict) and doc.data.get("kind") == "FineTuneJob":
+            problems = document_problems(doc.data)
+            if problems:
+                raise CommandError("\n".join([f"{doc.label}: invalid"] + [f"  - {p}" for p in problems]))
+            return parse_job(doc.data)
+    raise CommandError(f"{path}: no FineTuneJob document in the file")
+
+
+def trainer_config_for(path: str) -> tuple[TrainJobConfig, Path]:
+    """The trainer's config for a FineTuneJob file, and the folder its relative paths start from."""
+    job = load_job(path)
+    if job.spec.storage.uri is None:
+        raise CommandError(f"{path}: spec.storage.uri is required here (an s3://BUCKET/prefix or file:///path)")
+    config = to_trainer_config(job.spec, job.metadata.name, job.metadata.namespace or "local")
+    base_dir = Path.cwd() if path == "-" else Path(path).resolve().parent
+    return config, base_dir
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config, base_dir = trainer_config_for(args.file)
+    from edgetune_trainer.train import run_training
+
+    result = run_training(config, base_dir=base_dir, fresh=args.fresh)
+    print(json.dumps(result.summary()))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    config, base_dir = trainer_config_for(args.file)
+    from edgetune_trainer import export_cli
+
+    with tempfile.TemporaryDirectory(prefix="edgetune-") as folder:
+        config_file = Path(folder) / "trainer-config.json"
+        config_file.write_text(json.dumps(config.to_dict()))
+        return export_cli.main(["--job-config", str(config_file), "--target", args.target, "--base-dir", str(base_dir)])
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from edgetune_trainer import predict
+
+    return predict.main(args.args[1:] if args.args[:1] == ["--"] else args.args)  # drop main()'s separator
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -54,12 +117,46 @@ def build_parser() -> argparse.ArgumentParser:
     crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition generated from the API")
     crd.add_argument("-o", "--output", help="write to this file instead of standard output")
     crd.set_defaults(func=cmd_crd)
+
+    train = commands.add_parser("train", help="train a FineTuneJob on this machine (local Ray) into spec.storage")
+    train.add_argument("file", metavar="FILE", help="FineTuneJob YAML")
+    train.add_argument("--fresh", action="store_true", help="delete this job's checkpoints and start over")
+    train.set_defaults(func=cmd_train)
+
+    export = commands.add_parser("export", help="export one target of a trained FineTuneJob (edgetune-export)")
+    export.add_argument("file", metavar="FILE", help="FineTuneJob YAML")
+    export.add_argument("--target", required=True, help="spec.export[].name")
+    export.set_defaults(func=cmd_export)
+
+    predict = commands.add_parser(
+        "predict",
+        add_help=False,  # `edgetune predict --help` shows edgetune_trainer.predict's own options
+        help="run an exported model on one input with onnxruntime: EXPORT INPUT [--endpoint URL] [--json]",
+    )
+    predict.add_argument("args", nargs=argparse.REMAINDER)
+    predict.set_defaults(func=cmd_predict)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predict"]:  # its own parser owns every option (--endpoint, --json, --help, ...)
+        argv = ["predict", "--", *argv[1:]]
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except CommandError as err:
+        print(err, file=sys.stderr)
+        return err.code
+    except ImportError as err:  # train/export/predict on an install without the trainer extra
+        print(
+            f"edgetune {args.command}: needs the trainer extra (pip install 'edgetune[trainer]'): {err}",
+            file=sys.stderr,
+        )
+        return 2
+    except (RuntimeError, ValueError, OSError) as err:  # TrainingError, DataError, StorageError, ...
+        print(f"edgetune {args.command}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from edgetune_trainer import checkpoint as ckpt
 from edgetune_trainer.config import StorageSpec
 from edgetune_trainer.storage import JobStorage

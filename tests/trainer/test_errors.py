@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 
 import pytest
+from jobconfigs import job_config
+
 from edgetune_trainer.config import load_train_config
 from edgetune_trainer.data import DataError
 from edgetune_trainer.models import ModelLoadError
 from edgetune_trainer.storage import RetryPolicy, StorageError
 from edgetune_trainer.train import run_training
-from jobconfigs import job_config
 
 pytestmark = pytest.mark.trainer
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from jobconfigs import job_config
+
 from edgetune_trainer.artifact import load_artifact
 from edgetune_trainer.checkpoint import CHECKPOINTS_KEY, list_checkpoints
 from edgetune_trainer.config import load_train_config
@@ -19,7 +21,6 @@ from edgetune_trainer.preprocess import encode_texts
 from edgetune_trainer.progress import ProgressEvent
 from edgetune_trainer.storage import JobStorage
 from edgetune_trainer.train import TrainResult, run_training
-from jobconfigs import job_config
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from edgetune_operator.api import document_problems, parse_job, spec_problems, to_trainer_config
 from edgetune_trainer.config import load_train_config
 from edgetune_trainer.problems import ConfigError

@@ -8,6 +8,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from edgetune_operator.api import document_problems
 from edgetune_operator.crdgen import CRD_FILENAME, build_crd, render_crd_yaml
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from edgetune_operator.api import document_problems
-from edgetune_trainer.problems import Problem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_api import minimal_job
+
+from edgetune_operator.api import document_problems
+from edgetune_trainer.problems import Problem
 
 JSON_SCALARS = st.one_of(
     st.none(),

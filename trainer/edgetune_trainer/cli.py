@@ -49,17 +49,7 @@ def train_main(argv: list[str] | None = None) -> int:
     except Exception as err:  # every failure ends as one readable line for the RayJob's status
         print(f"edgetune-train: {err}", file=sys.stderr)
         return 1
-    print(
-        json.dumps(
-            {
-                "steps": result.steps,
-                "totalSteps": result.total_steps,
-                "evalAccuracy": result.eval_accuracy,
-                "evalMacroF1": result.eval_macro_f1,
-                "model": result.model_uri,
-            }
-        )
-    )
+    print(json.dumps(result.summary()))
     return 0
 
 

@@ -144,8 +144,12 @@ class JobStorage:
         return with_retries(read, f"reading {self.uri(key)}", self.retry)
 
     def write_bytes(self, key: str, data: bytes) -> None:
+        path = self.path(key)
+
         def write() -> None:
-            with self.filesystem.open_output_stream(self.path(key)) as stream:
+            if self.bucket is None:  # object stores have no folders; a local filesystem needs them made
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with self.filesystem.open_output_stream(path) as stream:
                 stream.write(data)
 
         with_retries(write, f"writing {self.uri(key)}", self.retry)

@@ -44,6 +44,17 @@ class TrainResult:
     resumed_from: str | None
     events: list[ProgressEvent]
 
+    def summary(self) -> dict[str, Any]:
+        """What the train commands print (one JSON line): steps, eval metrics, where the model is."""
+        return {
+            "steps": self.steps,
+            "totalSteps": self.total_steps,
+            "evalAccuracy": self.eval_accuracy,
+            "evalMacroF1": self.eval_macro_f1,
+            "model": self.model_uri,
+            "resumedFrom": self.resumed_from,
+        }
+
 
 def _root_cause(error: BaseException) -> str:
     """The innermost worker error, as `Type: message` (Ray wraps it several times)."""
