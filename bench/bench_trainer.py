@@ -86,9 +86,10 @@ def run_plain(model_dir: Path, data: Path, batch: int, warmup: int, steps: int) 
 
 def run_edgetune(model_dir: Path, data: Path, batch: int, warmup: int, steps: int) -> float:
     import ray
+    from s3server import CREDENTIALS, S3Server
+
     from edgetune_trainer.config import load_train_config
     from edgetune_trainer.train import run_training
-    from s3server import CREDENTIALS, S3Server
 
     os.environ.update(CREDENTIALS)
     os.environ["EDGETUNE_METRICS_PORT"] = "0"
