@@ -30,6 +30,7 @@ def trained_state(raw: dict) -> dict[str, torch.Tensor]:
 
 
 def test_layers_1_trains_only_the_top_block_and_head(s3_server, bucket, tiny_bert, reviews) -> None:
+    """Also runs gradient accumulation (2) and bf16 autocast, the paths the other runs leave out."""
     from transformers import AutoModelForSequenceClassification
 
     raw = job_config(
@@ -39,7 +40,7 @@ def test_layers_1_trains_only_the_top_block_and_head(s3_server, bucket, tiny_ber
         tiny_bert,
         reviews,
         model={"freeze": "layers:1"},
-        training={"epochs": 0, "maxSteps": 10},
+        training={"epochs": 0, "maxSteps": 10, "gradientAccumulation": 2, "precision": "bf16"},
     )
     after = trained_state(raw)
     before = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).state_dict()

@@ -142,6 +142,19 @@ def evaluate(
     }
 
 
+def load_job_model(config: TrainJobConfig, base_dir: Path | None) -> LoadedModel:
+    """The job's model, from the hub or torchvision, or from a folder (local, or fetched from s3://)."""
+    source = config.model.source
+    if source.startswith(("hf://", "torchvision://")):
+        return load_model(config.model)
+    filesystem, path = locate(source, config.storage, base_dir)
+    if source.startswith("s3://"):  # every rank fetches its own copy of the model folder
+        local = Path(tempfile.mkdtemp(prefix="edgetune-model-"))
+        pafs.copy_files(path, str(local), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
+        path = str(local)
+    return load_model(config.model, Path(path))
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -169,7 +182,7 @@ class Worker:
         training = self.config.training
 
         torch.manual_seed(training.seed)  # the same new head on every rank
-        self.loaded = self._load_model()
+        self.loaded = load_job_model(self.config, self.base_dir)
         apply_freeze(self.loaded, self.config.model.freeze)
         split = split_examples(self.config, self.base_dir)
         self.train_set = encode(
@@ -201,19 +214,6 @@ class Worker:
         self.metrics = TrainMetrics(self.config.namespace, self.config.name) if self.rank == 0 else None
         if self.metrics:
             self.metrics.serve()
-
-    def _load_model(self) -> LoadedModel:
-        source = self.config.model.source
-        if source.startswith(("hf://", "torchvision://")):
-            return load_model(self.config.model)
-        filesystem, path = locate(source, self.config.storage, self.base_dir)
-        if source.startswith("s3://"):  # every rank fetches its own copy of the model folder
-            local = Path(tempfile.mkdtemp(prefix="edgetune-model-"))
-            pafs.copy_files(
-                path, str(local), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem()
-            )
-            path = str(local)
-        return load_model(self.config.model, Path(path))
 
     # --- resume ---------------------------------------------------------------------------------
 
