@@ -53,6 +53,7 @@ def plain_worker(
         [r["text"] for r in rows], max_length=64, truncation=True, padding="max_length", return_tensors="pt"
     )
     labels = torch.tensor([r["label"] for r in rows])
+    model.train()  # from_pretrained returns eval mode; training means dropout on, as in edgetune
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=1e-4)
     started = 0.0
