@@ -59,6 +59,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def checksum_problem(folder: Path, expected: dict[str, str], record: str) -> str | None:
+    """What is wrong with the files of `folder` against the sha256 that `record` lists for them, or None."""
+    for name, digest in expected.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{folder} is incomplete: {name} is missing"
+        actual = sha256_file(path)
+        if actual != digest:
+            return f"{folder} is corrupt: {name} has sha256 {actual[:16]}…, {record} says {digest[:16]}…"
+    return None
+
+
 def save_artifact(
     loaded: LoadedModel,
     folder: Path,
@@ -116,15 +128,9 @@ def read_header(folder: Path) -> dict[str, Any]:
 def verify_artifact(folder: Path) -> dict[str, Any]:
     """The header, after checking every listed file exists with its recorded sha256."""
     header = read_header(folder)
-    for name, expected in header["files"].items():
-        path = folder / name
-        if not path.is_file():
-            raise ArtifactError(f"artifact {folder} is incomplete: {name} is missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ArtifactError(
-                f"artifact {folder} is corrupt: {name} has sha256 {actual[:12]}…, expected {expected[:12]}…"
-            )
+    problem = checksum_problem(folder, header["files"], f"the header {ARTIFACT_FILE}")
+    if problem:
+        raise ArtifactError(f"artifact {problem}")
     return header
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgetune_trainer.artifact import Preprocessing, sha256_file
+from edgetune_trainer.artifact import Preprocessing, checksum_problem
 from edgetune_trainer.config import StorageSpec, parse_s3_uri
 from edgetune_trainer.inference import ModelInputs, OrtRunner, TorchRunner, load_torchscript, softmax
 
@@ -48,16 +48,11 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 def verify_export(folder: Path) -> dict[str, Any]:
     """The manifest, after checking that every file it lists exists with its recorded sha256."""
     manifest = read_manifest(folder)
-    for name, entry in manifest["files"].items():
-        path = folder / name
-        if not path.is_file():
-            raise ExportIntegrityError(f"export {folder} is incomplete: {name} is missing")
-        actual = sha256_file(path)
-        if actual != entry["sha256"]:
-            raise ExportIntegrityError(
-                f"export {folder} is corrupt: {name} has sha256 {actual[:16]}…, the manifest says "
-                f"{entry['sha256'][:16]}…; copy the export again"
-            )
+    problem = checksum_problem(
+        folder, {name: entry["sha256"] for name, entry in manifest["files"].items()}, "the manifest"
+    )
+    if problem:
+        raise ExportIntegrityError(f"export {problem}; copy the export again")
     return manifest
 
 
