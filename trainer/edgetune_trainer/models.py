@@ -201,9 +201,3 @@ def apply_freeze(loaded: LoadedModel, freeze: str) -> int:
             for param in module.parameters():
                 param.requires_grad = True
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def describe(loaded: LoadedModel) -> dict[str, Any]:
-    total = sum(p.numel() for p in loaded.model.parameters())
-    trainable = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
-    return {"family": loaded.family, "architecture": loaded.architecture, "parameters": total, "trainable": trainable}
