@@ -2,19 +2,22 @@
 
     edgetune validate FILE...            check FineTuneJob files against the API, listing every problem
     edgetune crd [-o PATH]               print (or write) the generated CustomResourceDefinition
+    edgetune run FILE [--json] [--fresh] [--storage DIR | --data-dir DIR]
+                                         the whole job on this machine: train, checkpoint, export, summary
     edgetune train FILE [--fresh]        train a FineTuneJob on this machine (local Ray), into spec.storage
     edgetune export FILE --target NAME   export one target of a trained FineTuneJob
     edgetune predict EXPORT INPUT        run an exported model on one text or image with onnxruntime
 
 It lives in the operator package because it speaks the whole FineTuneJob API (the operator's
-models). validate and crd need only pydantic and PyYAML; train, export and predict load the trainer
-(the `trainer` extra) only when called.
+models). validate and crd need only pydantic and PyYAML; run, train, export and predict load the
+trainer (the `trainer` extra) only when called.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +25,7 @@ from pathlib import Path
 from edgetune_operator.api import FineTuneJob, document_problems, parse_job, to_trainer_config
 from edgetune_operator.crdgen import render_crd_yaml
 from edgetune_operator.documents import load_documents
-from edgetune_trainer.config import TrainJobConfig
+from edgetune_trainer.config import StorageSpec, TrainJobConfig
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -61,14 +64,45 @@ def load_job(path: str) -> FineTuneJob:
     raise CommandError(f"{path}: no FineTuneJob document in the file")
 
 
+def job_folder(path: str) -> Path:
+    """The folder a job file's relative paths start from."""
+    return Path.cwd() if path == "-" else Path(path).resolve().parent
+
+
 def trainer_config_for(path: str) -> tuple[TrainJobConfig, Path]:
     """The trainer's config for a FineTuneJob file, and the folder its relative paths start from."""
     job = load_job(path)
     if job.spec.storage.uri is None:
         raise CommandError(f"{path}: spec.storage.uri is required here (an s3://BUCKET/prefix or file:///path)")
     config = to_trainer_config(job.spec, job.metadata.name, job.metadata.namespace or "local")
-    base_dir = Path.cwd() if path == "-" else Path(path).resolve().parent
-    return config, base_dir
+    return config, job_folder(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    job = load_job(args.file)
+    if args.data_dir and job.spec.storage.uri:  # (argparse already refuses --data-dir with --storage)
+        raise CommandError(
+            f"{args.file}: --data-dir is where the embedded S3 server keeps its data, and this job names its own "
+            f"storage ({job.spec.storage.uri}); use --storage DIR for a local folder instead"
+        )
+    # A Ctrl-C shuts Ray down under the training thread; Ray must not then start a new cluster by itself
+    # when that thread makes its last calls. Ray reads this when first imported, which the next line does.
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
+    from edgetune_trainer.localrun import RunOptions, run_local
+
+    name, namespace = job.metadata.name, job.metadata.namespace or "local"
+
+    def config_for(storage: StorageSpec) -> TrainJobConfig:
+        return to_trainer_config(job.spec.model_copy(update={"storage": storage}), name, namespace)
+
+    options = RunOptions(
+        base_dir=job_folder(args.file),
+        fresh=args.fresh,
+        json_output=args.json,
+        storage_dir=args.storage,
+        data_dir=args.data_dir,
+    )
+    return run_local(config_for, job.spec.storage, options)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -118,6 +152,28 @@ def build_parser() -> argparse.ArgumentParser:
     crd.add_argument("-o", "--output", help="write to this file instead of standard output")
     crd.set_defaults(func=cmd_crd)
 
+    run = commands.add_parser(
+        "run",
+        help="run a FineTuneJob end to end on this machine: local Ray training, checkpoints, exports, summary",
+        description="Validate, train on a local Ray (resources.workers DDP ranks), checkpoint, export every "
+        "target and print a summary. Storage: spec.storage when the file names it, else an embedded S3 server "
+        "(moto) on 127.0.0.1 whose data is kept in --data-dir. A second run resumes, or says the job already "
+        "finished. Exit codes: 0 succeeded, 1 training failed or an export missed its budgets, 2 invalid file, "
+        "130 interrupted (the next run resumes from the last checkpoint).",
+    )
+    run.add_argument("file", metavar="FILE", help="FineTuneJob YAML (the file you would kubectl apply)")
+    run.add_argument("--json", action="store_true", help="print only the summary, as JSON, on stdout")
+    run.add_argument("--fresh", action="store_true", help="delete this job's checkpoints and model, start over")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--storage", type=Path, metavar="DIR", help="keep the job's files in this folder (no server)")
+    where.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the embedded S3 server keeps its objects (default: .edgetune/storage/ next to FILE)",
+    )
+    run.set_defaults(func=cmd_run)
+
     train = commands.add_parser("train", help="train a FineTuneJob on this machine (local Ray) into spec.storage")
     train.add_argument("file", metavar="FILE", help="FineTuneJob YAML")
     train.add_argument("--fresh", action="store_true", help="delete this job's checkpoints and start over")
@@ -148,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as err:
         print(err, file=sys.stderr)
         return err.code
+    except KeyboardInterrupt:  # before a command's own handling (edgetune run's) is in place
+        print(f"edgetune {args.command}: interrupted", file=sys.stderr)
+        return 130
     except ImportError as err:  # train/export/predict on an install without the trainer extra
         print(
             f"edgetune {args.command}: needs the trainer extra (pip install 'edgetune[trainer]'): {err}",

@@ -123,3 +123,17 @@ def find_resume_point(storage: JobStorage) -> ResumePoint | None:
                 err,
             )
     return None
+
+
+def newest_complete(storage: JobStorage) -> tuple[str, dict[str, Any]] | None:
+    """The newest checkpoint whose manifest is written and whose state.pt has the size it records, with
+    that manifest: a cheap look (no download) at what a resume will start from, for messages. The resume
+    itself also checks the sha256."""
+    for name in list_checkpoints(storage):
+        key = f"{CHECKPOINTS_KEY}/{name}"
+        if not storage.exists(f"{key}/{MANIFEST_FILE}"):
+            continue
+        manifest = json.loads(storage.read_bytes(f"{key}/{MANIFEST_FILE}"))
+        if storage.filesystem.get_file_info(storage.path(f"{key}/{STATE_FILE}")).size == manifest.get("bytes"):
+            return name, manifest
+    return None

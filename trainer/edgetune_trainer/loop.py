@@ -249,6 +249,8 @@ class Worker:
             "step": self.state.step,
             "total_steps": self.plan.total_steps,
             "epoch": self.state.epoch,
+            "steps_per_epoch": self.plan.steps_per_epoch,
+            "resumed_from": self.state.resumed_from or "",
             "world_size": self.world,
             "pids": self.pids,  # every rank's process: fault-injection tests kill a chosen one
             **self.state.last_eval,
@@ -388,7 +390,6 @@ class Worker:
         checksum = sum(float(p.detach().double().sum()) for p in unwrap(self.model).parameters())
         final = {
             **self._base_metrics("final"),
-            "resumed_from": state.resumed_from or "",
             "param_checksums": tuple(self.gather(checksum)),  # equal on every rank when DDP kept them in sync
         }
         self.emit(final)

@@ -28,6 +28,7 @@ class ProgressEvent:
     step: int
     total_steps: int
     epoch: int
+    steps_per_epoch: int = 0  # for a display's per-epoch progress (the last epoch may be cut by maxSteps)
     world_size: int = 1
     loss: float | None = None
     samples_per_second: float | None = None
@@ -97,17 +98,21 @@ class ProgressPump:
                 self._deliver(self.queue.get(timeout=0.5))
             except Empty:
                 continue
+            except Exception as err:  # the queue actor is gone: Ray was shut down under the run (a Ctrl-C)
+                log.debug("progress queue closed: %s", err)
+                return
 
     def stop(self) -> None:
-        """Deliver what is left, then stop the thread."""
+        """Deliver what is left, then stop the thread (and the queue, unless Ray is already gone)."""
         self._stop.set()
         self._thread.join(timeout=10)
-        while True:
-            try:
+        try:
+            while True:
                 self._deliver(self.queue.get_nowait())
-            except Empty:
-                break
-        self.queue.shutdown()
+        except Empty:
+            self.queue.shutdown()
+        except Exception as err:  # Ray was shut down under the run: nothing is left to deliver
+            log.debug("progress queue closed: %s", err)
 
 
 def log_sink(event: ProgressEvent) -> None:

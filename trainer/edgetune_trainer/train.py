@@ -7,6 +7,7 @@ so an unreachable endpoint fails in seconds with its name, not inside a worker.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Sequence
@@ -21,9 +22,9 @@ from ray.train.torch import TorchTrainer
 
 from edgetune_trainer import checkpoint as ckpt
 from edgetune_trainer.config import TrainJobConfig
-from edgetune_trainer.data import locate, split_examples
-from edgetune_trainer.loop import MODEL_KEY, train_loop_per_worker
-from edgetune_trainer.models import ModelLoadError
+from edgetune_trainer.data import locate, shard, split_examples
+from edgetune_trainer.loop import MODEL_KEY, Plan, make_plan, train_loop_per_worker
+from edgetune_trainer.models import ARTIFACT_FILE, ModelLoadError
 from edgetune_trainer.progress import ProgressEvent, ProgressPump, ProgressSink, log_sink
 from edgetune_trainer.storage import JobStorage, RetryPolicy
 
@@ -43,6 +44,7 @@ class TrainResult:
     model_uri: str
     resumed_from: str | None
     events: list[ProgressEvent]
+    already_finished: bool = False  # the model of a completed run was found: nothing was trained
 
     def summary(self) -> dict[str, Any]:
         """What the train commands print (one JSON line): steps, eval metrics, where the model is."""
@@ -53,6 +55,7 @@ class TrainResult:
             "evalMacroF1": self.eval_macro_f1,
             "model": self.model_uri,
             "resumedFrom": self.resumed_from,
+            "alreadyFinished": self.already_finished,
         }
 
 
@@ -67,9 +70,11 @@ def _root_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[-1] if text else ''}"
 
 
-def preflight(config: TrainJobConfig, base_dir: Path | None) -> None:
-    """Surface data and model-path problems in the driver, before any worker starts (and is retried)."""
-    split_examples(config, base_dir)
+def preflight(config: TrainJobConfig, base_dir: Path | None) -> Plan:
+    """Surface data and model-path problems in the driver, before any worker starts (and is retried);
+    return the plan every rank will follow (the shards are cut to equal length, so rank 0's stands for all)."""
+    split = split_examples(config, base_dir)
+    plan = make_plan(config, len(shard(split.train, 0, config.scaling.workers, equal=True)))
     source = config.model.source
     if source.startswith("torchvision://"):
         import torchvision
@@ -81,6 +86,55 @@ def preflight(config: TrainJobConfig, base_dir: Path | None) -> None:
         filesystem, path = locate(source, config.storage, base_dir)
         if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
             raise ModelLoadError(f"model source {source!r}: {path} does not exist")
+    return plan
+
+
+def finished_run(config: TrainJobConfig, storage: JobStorage, plan: Plan) -> TrainResult | None:
+    """The result of a run that already completed, or None. Rank 0 writes the model artifact only after
+    the last step, and its header records the steps trained and the source: when they match this plan,
+    training again would only repeat it (a rerun of `edgetune run`, a RayJob retried after success)."""
+    key = f"{MODEL_KEY}/{ARTIFACT_FILE}"
+    if not storage.exists(key):
+        return None
+    header = json.loads(storage.read_bytes(key))
+    if header.get("steps") != plan.total_steps or header.get("source") != config.model.source:
+        return None
+    evaluation = header.get("eval") or {}
+    return TrainResult(
+        steps=plan.total_steps,
+        total_steps=plan.total_steps,
+        eval_accuracy=evaluation.get("eval_accuracy"),
+        eval_macro_f1=evaluation.get("eval_macro_f1"),
+        model_uri=storage.uri(MODEL_KEY),
+        resumed_from=None,
+        events=[],
+        already_finished=True,
+    )
+
+
+@dataclass
+class PreparedRun:
+    """A run checked and planned in the driver, before Ray: `finished` is set when there is nothing to train."""
+
+    config: TrainJobConfig
+    storage: JobStorage
+    base_dir: Path | None
+    plan: Plan
+    finished: TrainResult | None
+
+
+def prepare_run(
+    config: TrainJobConfig, *, base_dir: Path | None = None, fresh: bool = False, retry: RetryPolicy | None = None
+) -> PreparedRun:
+    """Check the storage, the data and the model source; with `fresh`, delete the checkpoints and model."""
+    storage = JobStorage(config.storage, config.namespace, config.name, retry)
+    storage.check_reachable()
+    if fresh:
+        storage.delete_dir(ckpt.CHECKPOINTS_KEY)
+        storage.delete_dir(MODEL_KEY)
+    base_dir = base_dir.resolve() if base_dir else None  # workers run in other folders
+    plan = preflight(config, base_dir)
+    return PreparedRun(config, storage, base_dir, plan, finished_run(config, storage, plan))
 
 
 def run_training(
@@ -93,14 +147,30 @@ def run_training(
     ray_init: dict[str, Any] | None = None,
     retry: RetryPolicy | None = None,
 ) -> TrainResult:
-    """Train `config` to completion (resuming from its latest intact checkpoint) and write the model."""
-    storage = JobStorage(config.storage, config.namespace, config.name, retry)
-    storage.check_reachable()
-    if fresh:
-        storage.delete_dir(ckpt.CHECKPOINTS_KEY)
-        storage.delete_dir(MODEL_KEY)
-    base_dir = base_dir.resolve() if base_dir else None  # workers run in other folders
-    preflight(config, base_dir)
+    """Train `config` to completion (resuming from its latest intact checkpoint) and write the model.
+    A run whose model is already written for this plan is not trained again (`fresh` starts over)."""
+    prepared = prepare_run(config, base_dir=base_dir, fresh=fresh, retry=retry)
+    if prepared.finished is not None:
+        log.info(
+            "%s/%s already finished (%d steps): model at %s; --fresh trains it again",
+            config.namespace,
+            config.name,
+            prepared.plan.total_steps,
+            prepared.finished.model_uri,
+        )
+        return prepared.finished
+    return launch_training(prepared, sinks=sinks, max_failures=max_failures, ray_init=ray_init)
+
+
+def launch_training(
+    prepared: PreparedRun,
+    *,
+    sinks: Sequence[ProgressSink] = (log_sink,),
+    max_failures: int = 2,
+    ray_init: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Run the prepared training on Ray (started here unless it already runs) and wait for it."""
+    config, storage, base_dir = prepared.config, prepared.storage, prepared.base_dir
     if not ray.is_initialized():
         ray.init(**(ray_init or {}))
 
