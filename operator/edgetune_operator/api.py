@@ -22,6 +22,7 @@ from edgetune_trainer.config import (
     Loc,
     ModelSpec,
     NodeSelector,
+    Quantity,
     ScalingSpec,
     StorageSpec,
     Toleration,
@@ -41,16 +42,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
 
-# A Kubernetes quantity such as 512Mi, 16Gi or 1.5G (core/v1 resource.Quantity, binary and decimal SI).
-_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 _IMAGE = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"
 LabelValue = Annotated[str, schema_only(maxLength=63), AfterValidator(check_label_value)]
-
-
-def _quantity(value: str) -> str:
-    if not re.match(_QUANTITY, value):
-        raise ValueError(f"must be a Kubernetes quantity such as 4Gi, 512Mi or 2G (got {value!r})")
-    return value
 
 
 def _image(value: str) -> str:
@@ -59,7 +52,6 @@ def _image(value: str) -> str:
     return value
 
 
-Quantity = Annotated[str, schema_only(pattern=_QUANTITY, maxLength=32), AfterValidator(_quantity)]
 Image = Annotated[str, schema_only(pattern=_IMAGE, maxLength=512), AfterValidator(_image)]
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import kubernetes.client
 import pytest
+from ftjcluster import Cluster
 from kubeenv import REPO_ROOT, ControlPlane, ControlPlaneError, ignore_not_found, unique_name
+from operatorproc import OperatorProcess, running_operator
 
 KUBERAY_CRDS = REPO_ROOT / "tests" / "fixtures" / "kuberay" / "v1.7.0"
 CRD_PATHS: list[Path] = [
@@ -65,3 +67,17 @@ def namespace(control_plane: ControlPlane, kube_api: kubernetes.client.ApiClient
         yield name
     finally:
         ignore_not_found(lambda: core.delete_namespace(name))
+
+
+@pytest.fixture
+def cluster(kube_api: kubernetes.client.ApiClient, namespace: str) -> Cluster:
+    return Cluster(kube_api, namespace)
+
+
+@pytest.fixture
+def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    with running_operator(control_plane, namespace, tmp_path) as process:
+        yield process
+    log = process.log_text()
+    assert "Forbidden" not in log and "403" not in log, "the chart's rules were not enough:\n" + log[-3000:]
+    assert "Traceback" not in log, log[-5000:]

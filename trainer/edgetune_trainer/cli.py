@@ -35,13 +35,20 @@ def train_main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
+    from edgetune_trainer.checkpoint import CHECKPOINTS_KEY
+    from edgetune_trainer.progress import log_sink
+    from edgetune_trainer.status_report import StatusReporter
+    from edgetune_trainer.storage import JobStorage
     from edgetune_trainer.train import run_training
 
+    storage = JobStorage(config.storage, config.namespace, config.name)
+    reporter = StatusReporter.from_environment(lambda name: storage.uri(f"{CHECKPOINTS_KEY}/{name}"))
     base_dir = None if args.config == "-" else Path(args.config).resolve().parent
     try:
         result = run_training(
             config,
             base_dir=base_dir,
+            sinks=[log_sink, reporter] if reporter else [log_sink],
             fresh=args.fresh,
             max_failures=args.max_failures,
             ray_init={"address": args.address} if args.address else None,

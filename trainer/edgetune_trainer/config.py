@@ -193,6 +193,18 @@ def schema_only(**keywords: Any) -> Any:
 _DNS_LABEL_SCHEMA = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DnsLabel = Annotated[str, schema_only(maxLength=63, pattern=_DNS_LABEL_SCHEMA), AfterValidator(check_dns_label)]
 NodeSelector = Annotated[dict[str, str], AfterValidator(_check_node_selector)]
+
+# A Kubernetes quantity such as 512Mi, 16Gi, 500m or 1.5G (core/v1 resource.Quantity, binary and decimal SI).
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+
+
+def _quantity(value: str) -> str:
+    if not re.match(_QUANTITY, value):
+        raise ValueError(f"must be a Kubernetes quantity such as 4Gi, 512Mi, 500m or 2 (got {value!r})")
+    return value
+
+
+Quantity = Annotated[str, schema_only(pattern=_QUANTITY, maxLength=32), AfterValidator(_quantity)]
 ModelSource = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_model_source)]
 DataSource = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_data_source)]
 FieldName = Annotated[str, Field(min_length=1, max_length=256)]
@@ -407,6 +419,13 @@ class ExportBudgets(ApiModel):
     )
 
 
+class ExportResources(ApiModel):
+    """CPU and memory of the export Job's pod (requests = limits, so latency figures are stable)."""
+
+    cpu: Quantity = Field(default="1", description="CPU for the export pod (also its latency measurement)")
+    memory: Quantity = Field(default="2Gi", description="Memory for the export pod")
+
+
 class ExportTarget(ApiModel):
     """One edge artifact to build after training."""
 
@@ -421,6 +440,8 @@ class ExportTarget(ApiModel):
     budgets: ExportBudgets = Field(default_factory=ExportBudgets)
     node_selector: NodeSelector = Field(default_factory=dict, description="Where the export Job runs (edge nodes)")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    backoff_limit: int = Field(default=1, ge=0, le=10, description="Export Job retries (batch/v1 backoffLimit)")
+    resources: ExportResources = Field(default_factory=ExportResources)
 
     @model_validator(mode="after")
     def _quantize_needs_onnx(self) -> ExportTarget:

@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workdir", type=Path, help="keep the local build here (default: a temporary folder)")
     parser.add_argument("--report-file", type=Path, help="also write the full report (JSON) here")
+    parser.add_argument(
+        "--status-file",
+        type=Path,
+        help="also write the status line here, at most 4 KiB (in a pod: /dev/termination-log, read by the operator)",
+    )
     return parser
 
 
@@ -97,8 +102,22 @@ def main(argv: list[str] | None = None) -> int:
         report = run_target(config, target, examples, workdir, artifact_dir=args.model, options=options)
     if args.report_file:
         args.report_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if args.status_file:
+        args.status_file.write_text(status_line(report.to_status()))
     print(json.dumps(report.to_status()))
     return 0 if report.succeeded else 1
+
+
+def status_line(status: dict[str, Any], limit: int = 4096) -> str:
+    """Compact ASCII JSON within `limit` bytes (the kubelet truncates termination messages at 4 KiB): only
+    the message is shortened, so the figures always survive."""
+    text = json.dumps(status, separators=(",", ":"))
+    message = str(status.get("message") or "")
+    while len(text) > limit and message:
+        keep = max(0, len(message) * limit // len(text) - 8)
+        message = message[:keep]
+        text = json.dumps({**status, "message": message + "..."}, separators=(",", ":"))
+    return text
 
 
 if __name__ == "__main__":

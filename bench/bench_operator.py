@@ -1,0 +1,170 @@
+"""Operator benchmark: apply N FineTuneJobs in a burst on the real control plane; time from each apply to its
+RayJob existing (p50/p99), and the operator's resident memory once every job is launched.
+
+    .venv/bin/python bench/bench_operator.py                 # N = 100, 500, 1000  (~3 min on 2 cores)
+    .venv/bin/python bench/bench_operator.py --sizes 100 500
+
+Goals (issue 6): p99 < 0.5 s at N = 500; RSS(1000) / RSS(100) < 1.2.
+Each size gets a fresh namespace and a fresh operator process (`edgetune-operator`, the chart's RBAC,
+namespace-scoped). The client applies the N jobs from one thread as fast as the API server takes them and
+watches RayJobs; a job's latency is (RayJob ADDED seen by the watch) - (start of its create call). The
+baseline printed beside it is the create call itself: the floor any controller would add to.
+Results: bench/results/operator-<time>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import kubernetes.watch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from ftjcluster import Cluster  # noqa: E402
+from kubeenv import ControlPlane, unique_name  # noqa: E402
+from operatorproc import OperatorProcess, grant_operator  # noqa: E402
+
+from edgetune_operator.render import LABEL_JOB  # noqa: E402
+
+CRDS = [
+    ROOT / "crds" / "finetunejobs.edgetune.dev.yaml",
+    ROOT / "tests" / "fixtures" / "kuberay" / "v1.7.0" / "ray.io_rayjobs.yaml",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def job(name: str) -> dict[str, Any]:
+    document = yaml.safe_load((ROOT / "examples" / "bert-imdb.yaml").read_text())
+    document["metadata"] = {"name": name}
+    return document
+
+
+def run_size(plane: ControlPlane, admin: kubernetes.client.ApiClient, size: int, workdir: Path) -> dict[str, Any]:
+    namespace = unique_name("bench")
+    core = kubernetes.client.CoreV1Api(admin)
+    core.create_namespace({"metadata": {"name": namespace}})
+    plane.wait_for("default ServiceAccount", lambda: core.read_namespaced_service_account("default", namespace))
+    grant_operator(admin, namespace)
+    cluster = Cluster(admin, namespace)
+    cluster.create_secret()
+    log_dir = workdir / namespace
+    log_dir.mkdir()
+    operator = OperatorProcess(plane, namespace, log_dir).start()
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        custom = kubernetes.client.CustomObjectsApi(admin)
+        watcher = kubernetes.watch.Watch()
+        while not stop.is_set():
+            for event in watcher.stream(
+                custom.list_namespaced_custom_object, "ray.io", "v1", namespace, "rayjobs", timeout_seconds=5
+            ):
+                if event["type"] == "ADDED":
+                    seen.setdefault(event["object"]["metadata"]["labels"][LABEL_JOB], time.perf_counter())
+                if stop.is_set():
+                    break
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(1)
+    applied: dict[str, float] = {}
+    create_seconds: list[float] = []
+    for index in range(size):
+        name = f"job-{index}"
+        applied[name] = time.perf_counter()
+        cluster.apply(job(name))
+        create_seconds.append(time.perf_counter() - applied[name])
+    deadline = time.monotonic() + 120 + size * 0.5
+    while len(seen) < size and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop.set()
+    time.sleep(2)  # let the operator finish its status patches before the memory reading
+    memory = rss_mb(operator.process.pid) if operator.process else float("nan")
+    operator.stop()
+    core.delete_namespace(namespace)
+    missing = size - len(seen)
+    latencies = [seen[name] - applied[name] for name in applied if name in seen]
+    return {
+        "jobs": size,
+        "launched": len(seen),
+        "missing": missing,
+        "p50_s": statistics.median(latencies),
+        "p99_s": percentile(latencies, 99),
+        "max_s": max(latencies),
+        "create_p50_s": statistics.median(create_seconds),
+        "create_p99_s": percentile(create_seconds, 99),
+        "apply_burst_s": sum(create_seconds),
+        "operator_rss_mb": memory,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 1000])
+    args = parser.parse_args()
+    results: list[dict[str, Any]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-operator-") as folder,
+        ControlPlane(crd_paths=CRDS, with_kwok=False) as plane,
+        plane.api_client() as admin,
+    ):
+        for size in args.sizes:
+            result = run_size(plane, admin, size, Path(folder))
+            results.append(result)
+            print(
+                f"N={size:5d}: apply->RayJob p50 {result['p50_s'] * 1000:7.1f} ms  p99 {result['p99_s'] * 1000:7.1f} ms"
+                f"  (create call p50 {result['create_p50_s'] * 1000:.1f} ms)"
+                f"  operator RSS {result['operator_rss_mb']:.0f} MB"
+                f"  missing {result['missing']}",
+                flush=True,
+            )
+    lines = ["| jobs | apply→RayJob p50 | p99 | max | create call p50 (baseline) | burst | operator RSS |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in results:
+        lines.append(
+            f"| {r['jobs']} | {r['p50_s'] * 1000:.0f} ms | {r['p99_s'] * 1000:.0f} ms | {r['max_s'] * 1000:.0f} ms"
+            f" | {r['create_p50_s'] * 1000:.1f} ms | {r['apply_burst_s']:.1f} s | {r['operator_rss_mb']:.0f} MB |"
+        )
+    by_size = {r["jobs"]: r for r in results}
+    verdicts = []
+    if 500 in by_size:
+        p99 = by_size[500]["p99_s"]
+        verdicts.append(f"p99 at 500: {p99 * 1000:.0f} ms (goal < 500 ms): {'PASS' if p99 < 0.5 else 'MISS'}")
+    if 100 in by_size and 1000 in by_size:
+        ratio = by_size[1000]["operator_rss_mb"] / by_size[100]["operator_rss_mb"]
+        verdicts.append(f"RSS 1000/100: {ratio:.2f}x (goal < 1.2x): {'PASS' if ratio < 1.2 else 'MISS'}")
+    text = "\n".join(["# Operator benchmark", "", *lines, "", *[f"- {v}" for v in verdicts]]) + "\n"
+    print(text)
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"operator-{stamp}.md").write_text(text)
+    (out / f"operator-{stamp}.json").write_text(json.dumps({"results": results, "verdicts": verdicts}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

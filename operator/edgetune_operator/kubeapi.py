@@ -1,0 +1,146 @@
+"""Small, idempotent writes to the Kubernetes API for the child objects `render` builds."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from datetime import datetime, timezone
+from typing import Any
+
+import kubernetes.client
+from kubernetes.client.exceptions import ApiException
+
+from edgetune_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger("edgetune.operator")
+
+
+class Kube:
+    """The typed APIs the operator uses, over one ApiClient."""
+
+    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self.client = client
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.batch = kubernetes.client.BatchV1Api(client)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(client)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self._events: queue.Queue[tuple[dict[str, Any], str, str, str]] = queue.Queue()
+        threading.Thread(target=self._post_events, name="edgetune-events", daemon=True).start()
+
+    def create(self, obj: dict[str, Any]) -> bool:
+        """Create `obj`; False when it already exists (409), which callers treat as done."""
+        namespace = obj["metadata"]["namespace"]
+        kind = obj["kind"]
+        creators = {
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "ServiceAccount": self.core.create_namespaced_service_account,
+            "Role": self.rbac.create_namespaced_role,
+            "RoleBinding": self.rbac.create_namespaced_role_binding,
+            "Job": self.batch.create_namespaced_job,
+        }
+        try:
+            if kind == "RayJob":
+                self.custom.create_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", obj)
+            else:
+                creators[kind](namespace, obj)
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
+        if namespace is None:
+            return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+        return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> str:
+        """A merge patch of the operator's own status fields (progress is the trainer's); the new
+        resourceVersion."""
+        patched = self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        )
+        return str(patched["metadata"]["resourceVersion"])
+
+    def list_rayjobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return self.custom.list_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", label_selector=selector)[
+            "items"
+        ]
+
+    def patch_rayjob(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name, patch)
+
+    def delete_rayjob(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                "ray.io", "v1", namespace, "rayjobs", name, propagation_policy="Background"
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def list_export_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        items = self.batch.list_namespaced_job(namespace, label_selector=selector).items
+        return [self.client.sanitize_for_serialization(item) for item in items]
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        items = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        return [self.client.sanitize_for_serialization(item) for item in items]
+
+    def secret_problem(self, namespace: str, name: str, keys: tuple[str, ...]) -> str | None:
+        """Why Secret `name` cannot serve as storage credentials, or None. Values are never read out."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return f"Secret {namespace}/{name} (spec.storage.credentialsSecret) does not exist"
+            if err.status == 403:
+                return f"the operator may not read Secret {namespace}/{name}: {err.reason}"
+            raise
+        missing = [key for key in keys if key not in (secret.data or {})]
+        if missing:
+            return f"Secret {namespace}/{name} lacks key(s) {', '.join(missing)}"
+        return None
+
+    def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Queue a core/v1 Event on the FineTuneJob (what `kubectl describe ftj` shows); a background thread
+        posts it, so a reconcile does not wait for its events."""
+        self._events.put((job, type_, reason, message))
+
+    def _post_events(self) -> None:
+        while True:
+            self._post_event(*self._events.get())
+
+    def _post_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = job["metadata"]
+        now = datetime.now(timezone.utc)
+        event = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "edgetune-operator"},
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except ApiException as err:
+            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err.reason)

@@ -1,0 +1,116 @@
+"""`edgetune-operator`: run the FineTuneJob operator (kopf) in or out of a cluster.
+
+    edgetune-operator --namespace team-a --namespace team-b     watch these namespaces (a Role in each)
+    edgetune-operator --all-namespaces                          watch every namespace (a ClusterRole)
+
+Out of a cluster it uses --kubeconfig or $KUBECONFIG; in a pod, its ServiceAccount. With more than one
+replica, pass --peering NAME so that kopf keeps exactly one of them active (the KopfPeering CRDs must be
+installed, the chart does); a single replica runs standalone.
+The same handlers run under `kopf run -m edgetune_operator.kopf_entry` (settings from EDGETUNE_* env).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import threading
+
+import kopf
+import kubernetes.client
+import kubernetes.config
+
+from edgetune_operator.handlers import register
+from edgetune_operator.kubeapi import Kube
+from edgetune_operator.metrics import OperatorMetrics
+from edgetune_operator.reconciler import Reconciler
+from edgetune_operator.render import OperatorDefaults
+from edgetune_trainer.config import StorageSpec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="edgetune-operator", description="The edgetune FineTuneJob operator.")
+    scope = parser.add_mutually_exclusive_group(required=True)
+    scope.add_argument("-n", "--namespace", action="append", dest="namespaces", help="watch this namespace")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    parser.add_argument("--trainer-image", default=env("EDGETUNE_TRAINER_IMAGE", OperatorDefaults.trainer_image))
+    parser.add_argument("--ray-version", default=env("EDGETUNE_RAY_VERSION", OperatorDefaults.ray_version))
+    parser.add_argument("--storage-uri", default=env("EDGETUNE_STORAGE_URI"), help="default spec.storage.uri")
+    parser.add_argument("--storage-endpoint", default=env("EDGETUNE_STORAGE_ENDPOINT"), help="default endpoint")
+    parser.add_argument(
+        "--storage-secret", default=env("EDGETUNE_STORAGE_SECRET"), help="default spec.storage.credentialsSecret"
+    )
+    parser.add_argument("--metrics-port", type=int, default=8080, help="/metrics port (0: off)")
+    parser.add_argument("--health-port", type=int, default=8081, help="/healthz port (0: off)")
+    parser.add_argument("--resync-seconds", type=float, default=30.0, help="re-check unfinished jobs this often")
+    parser.add_argument("--peering", help="kopf peering name: one active operator among replicas")
+    parser.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def api_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
+    if kubeconfig:
+        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.ApiClient()
+
+
+def defaults_from(args: argparse.Namespace) -> OperatorDefaults:
+    storage = StorageSpec.model_validate(
+        {
+            k: v
+            for k, v in {
+                "uri": args.storage_uri,
+                "endpoint": args.storage_endpoint,
+                "credentialsSecret": args.storage_secret,
+            }.items()
+            if v
+        }
+    )
+    return OperatorDefaults(trainer_image=args.trainer_image, ray_version=args.ray_version, storage=storage)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf logs in through the same file
+    metrics = OperatorMetrics()
+    namespaces = [] if args.all_namespaces else list(args.namespaces)
+    reconciler = Reconciler(Kube(api_client(args.kubeconfig)), defaults_from(args), metrics, namespaces)
+    registry = kopf.OperatorRegistry()
+    stop_resync = register(registry, reconciler, args.resync_seconds)
+    if args.metrics_port:
+        port = metrics.serve(args.metrics_port)
+        logging.getLogger("edgetune.operator").info("metrics on :%d/metrics", port)
+    stop = threading.Event()
+    try:
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                clusterwide=args.all_namespaces,
+                namespaces=namespaces,
+                standalone=args.peering is None,
+                peering_name=args.peering,
+                liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+                stop_flag=stop,
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_resync.set()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The operator's permissions: exactly the verbs and resources it uses, nothing more.
+
+The chart's Role (one per watched namespace) or ClusterRole (--all-namespaces) is rendered from these
+rules, and the control-plane tests run the operator with only these rules bound to its ServiceAccount,
+so a missing rule fails a test and an unused one has no reason to be here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgetune_operator.api import GROUP
+
+
+def operator_rules() -> list[dict[str, Any]]:
+    return [
+        # Watch FineTuneJobs and write their status (never their spec).
+        {"apiGroups": [GROUP], "resources": ["finetunejobs"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [GROUP], "resources": ["finetunejobs/status"], "verbs": ["get", "patch"]},
+        # One RayJob per attempt: create, watch, suspend/resume (patch), delete on a passed deadline.
+        {
+            "apiGroups": ["ray.io"],
+            "resources": ["rayjobs"],
+            "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+        },
+        # Export Jobs, and their pods' termination messages (the export's figures).
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        # The trainer config of each attempt, and the per-job identity of the Ray head.
+        {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts"], "verbs": ["create"]},
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create"]},
+        # Check that spec.storage.credentialsSecret exists and has its keys before launching.
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    ]
+
+
+def peering_rules() -> list[dict[str, Any]]:
+    """kopf peering (--peering, replicas > 1): the KopfPeering objects that elect the active operator."""
+    return [{"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]}]

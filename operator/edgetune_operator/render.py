@@ -1,0 +1,347 @@
+"""Child objects of a FineTuneJob, rendered by pure functions: spec in, dict out.
+
+Per attempt: a ConfigMap with the trainer's config and a KubeRay `RayJob` (ray.io/v1). Per job: a
+ServiceAccount with a Role that may only get and patch *this* job's status, so the Ray driver can report
+progress and the latest checkpoint (see `edgetune_trainer.status_report`). After training: one
+`batch/v1` Job per export target. Every child carries a controller ownerReference to the FineTuneJob,
+so the garbage collector removes it with the job; no finalizer is needed.
+
+Names are deterministic (`<job>-a<attempt>`, `<job>-export-<target>`): creating an object that already
+exists answers 409, which is how a restarted operator avoids launching twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgetune_operator.api import API_VERSION, KIND, FineTuneJobSpec, to_trainer_config
+from edgetune_trainer.config import ExportTarget, StorageSpec
+
+LABEL_JOB = "edgetune.dev/job"
+LABEL_ATTEMPT = "edgetune.dev/attempt"
+LABEL_COMPONENT = "edgetune.dev/component"
+LABEL_TARGET = "edgetune.dev/export-target"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+ANNOTATION_SUSPENDED_BY = "edgetune.dev/suspended-by"
+
+CONFIG_DIR = "/etc/edgetune"
+CONFIG_FILE = "trainer-config.json"
+METRICS_PORT = 8080
+TERMINATION_LOG = "/dev/termination-log"
+
+# KubeRay appends "-" + 5 characters to a RayJob's name to name its RayCluster (at most 53), hence 47;
+# both must be DNS-1035 labels (start with a letter).
+MAX_RAYJOB_NAME = 47
+MAX_LABEL_NAME = 63  # Job names become the pods' job-name label value
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@dataclass(frozen=True)
+class OperatorDefaults:
+    """What the operator's install provides (Helm values, flags): the image and default storage."""
+
+    trainer_image: str = "ghcr.io/edgetune/trainer:0.1.0"
+    ray_version: str = "2.59.0"
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    head_cpu: str = "1"
+    head_memory: str = "2Gi"
+    max_worker_restarts: int = 3  # Ray Train worker-group restarts within one attempt
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """The FineTuneJob a child belongs to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def bounded_name(base: str, suffix: str, limit: int) -> str:
+    """`<base><suffix>` if it fits in `limit` as a DNS-1035 label; otherwise a cut base plus a hash of the
+    full base, so two long names that share a prefix never collide."""
+    if not re.match(r"^[a-z]", base):
+        base = "j" + base
+    if len(base) + len(suffix) <= limit:
+        return base + suffix
+    digest = hashlib.sha256(base.encode()).hexdigest()[:6]
+    keep = limit - len(suffix) - len(digest) - 1
+    return f"{base[:keep].rstrip('-')}-{digest}{suffix}"
+
+
+def rayjob_name(job: str, attempt: int) -> str:
+    return bounded_name(job, f"-a{attempt}", MAX_RAYJOB_NAME)
+
+
+def config_map_name(job: str, attempt: int) -> str:
+    return rayjob_name(job, attempt) + "-config"
+
+
+def export_job_name(job: str, target: str) -> str:
+    return bounded_name(job, f"-export-{target}", MAX_LABEL_NAME)
+
+
+def trainer_account_name(job: str) -> str:
+    return bounded_name(job, "-trainer", MAX_LABEL_NAME)
+
+
+def effective_storage(spec: StorageSpec, defaults: StorageSpec) -> StorageSpec:
+    """The job's storage with unset fields taken from the operator's defaults."""
+    merged = defaults.model_dump(by_alias=False) | spec.model_dump(by_alias=False, exclude_unset=True)
+    return StorageSpec.model_validate(merged, by_name=True)
+
+
+def _labels(job: JobRef, component: str, **extra: str) -> dict[str, str]:
+    return {LABEL_JOB: job.name, LABEL_COMPONENT: component, LABEL_MANAGED_BY: "edgetune", **extra}
+
+
+def _metadata(name: str, job: JobRef, labels: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": job.namespace, "labels": labels, "ownerReferences": [job.owner_reference()]}
+
+
+def trainer_config_json(job: JobRef, spec: FineTuneJobSpec, defaults: OperatorDefaults) -> str:
+    storage = effective_storage(spec.storage, defaults.storage)
+    config = to_trainer_config(spec.model_copy(update={"storage": storage}), job.name, job.namespace)
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def render_config_map(job: JobRef, spec: FineTuneJobSpec, attempt: int, defaults: OperatorDefaults) -> dict[str, Any]:
+    """The trainer config of one attempt; export Jobs mount the one of the attempt that succeeded."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(
+            config_map_name(job.name, attempt), job, _labels(job, "trainer", **{LABEL_ATTEMPT: str(attempt)})
+        ),
+        "data": {CONFIG_FILE: trainer_config_json(job, spec, defaults)},
+    }
+
+
+def render_trainer_rbac(job: JobRef) -> list[dict[str, Any]]:
+    """ServiceAccount + Role + RoleBinding: the Ray head may get and patch this one job's status, no more."""
+    name = trainer_account_name(job.name)
+    labels = _labels(job, "trainer")
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(name, job, labels)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _metadata(name, job, labels),
+            "rules": [
+                {
+                    "apiGroups": [API_VERSION.split("/")[0]],
+                    "resources": ["finetunejobs/status"],
+                    "resourceNames": [job.name],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _metadata(name, job, labels),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": job.namespace}],
+        },
+    ]
+
+
+def credential_env(storage: StorageSpec) -> list[dict[str, Any]]:
+    """Storage credentials as references to the Secret's keys: the values never appear in any object."""
+    if storage.credentials_secret is None:
+        return []
+    return [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": storage.credentials_secret, "key": key}}}
+        for key in CREDENTIAL_KEYS
+    ]
+
+
+def _config_volume(config_map: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    volume = {"name": "edgetune-config", "configMap": {"name": config_map}}
+    mount = {"name": "edgetune-config", "mountPath": CONFIG_DIR, "readOnly": True}
+    return volume, mount
+
+
+def train_entrypoint(defaults: OperatorDefaults) -> list[str]:
+    """The driver's argv. Only fixed strings go in: the user's spec reaches the trainer as a file."""
+    return [
+        "edgetune-train",
+        "--config",
+        f"{CONFIG_DIR}/{CONFIG_FILE}",
+        "--max-failures",
+        str(defaults.max_worker_restarts),
+    ]
+
+
+def render_rayjob(
+    job: JobRef,
+    spec: FineTuneJobSpec,
+    attempt: int,
+    defaults: OperatorDefaults,
+    deadline_left_s: int | None = None,
+) -> dict[str, Any]:
+    """The KubeRay RayJob of one attempt: a head running the driver and one fixed-size worker group."""
+    resources = spec.resources
+    run_policy = spec.run_policy
+    storage = effective_storage(spec.storage, defaults.storage)
+    image = resources.image or defaults.trainer_image
+    name = rayjob_name(job.name, attempt)
+    volume, mount = _config_volume(config_map_name(job.name, attempt))
+    env = credential_env(storage)
+    head_env = [
+        *env,
+        {"name": "EDGETUNE_STATUS_TARGET", "value": f"{job.namespace}/{job.name}"},
+        {"name": "EDGETUNE_ATTEMPT", "value": str(attempt)},
+    ]
+    worker_limits: dict[str, str] = {"cpu": f"{resources.cpus_per_worker:g}", "memory": resources.memory_per_worker}
+    if resources.gpus_per_worker:
+        worker_limits["nvidia.com/gpu"] = str(resources.gpus_per_worker)
+    head_resources = {"cpu": defaults.head_cpu, "memory": defaults.head_memory}
+    security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+    head_pod = {
+        "serviceAccountName": trainer_account_name(job.name),
+        "securityContext": {"runAsNonRoot": True},
+        "containers": [
+            {
+                "name": "ray-head",
+                "image": image,
+                "resources": {"requests": head_resources, "limits": head_resources},
+                "ports": [
+                    {"name": "gcs-server", "containerPort": 6379},
+                    {"name": "dashboard", "containerPort": 8265},
+                    {"name": "client", "containerPort": 10001},
+                ],
+                "env": head_env,
+                "volumeMounts": [mount],
+                "securityContext": security,
+            }
+        ],
+        "volumes": [volume],
+    }
+    worker_pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # workers never talk to the Kubernetes API
+        "securityContext": {"runAsNonRoot": True},
+        "containers": [
+            {
+                "name": "ray-worker",
+                "image": image,
+                "resources": {"requests": worker_limits, "limits": worker_limits},
+                "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+                "env": [*env, {"name": "EDGETUNE_METRICS_PORT", "value": str(METRICS_PORT)}],
+                "securityContext": security,
+            }
+        ],
+    }
+    if resources.node_selector:
+        worker_pod["nodeSelector"] = dict(resources.node_selector)
+    if resources.tolerations:
+        worker_pod["tolerations"] = [t.to_dict() for t in resources.tolerations]
+
+    labels = _labels(job, "trainer", **{LABEL_ATTEMPT: str(attempt)})
+    if run_policy.queue_name:
+        labels[KUEUE_QUEUE_LABEL] = run_policy.queue_name
+    workers = resources.workers
+    rayjob_spec: dict[str, Any] = {
+        "entrypoint": shlex.join(train_entrypoint(defaults)),
+        "shutdownAfterJobFinishes": True,
+        "backoffLimit": 0,  # retries are the operator's: each one is a new attempt that resumes
+        "suspend": run_policy.suspend,
+        "rayClusterSpec": {
+            "rayVersion": defaults.ray_version,
+            "headGroupSpec": {
+                # No CPUs for Ray on the head: every training worker lands in the worker group.
+                "rayStartParams": {"num-cpus": "0"},
+                "template": {"metadata": {"labels": labels}, "spec": head_pod},
+            },
+            "workerGroupSpecs": [
+                {
+                    "groupName": "workers",
+                    "replicas": workers,
+                    "minReplicas": workers,
+                    "maxReplicas": workers,
+                    "rayStartParams": {},
+                    "template": {"metadata": {"labels": labels}, "spec": worker_pod},
+                }
+            ],
+        },
+    }
+    if run_policy.ttl_seconds_after_finished is not None:
+        rayjob_spec["ttlSecondsAfterFinished"] = run_policy.ttl_seconds_after_finished
+    if deadline_left_s is not None:
+        rayjob_spec["activeDeadlineSeconds"] = max(1, deadline_left_s)
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": _metadata(name, job, labels), "spec": rayjob_spec}
+
+
+def export_command(target: ExportTarget) -> list[str]:
+    return [
+        "edgetune-export",
+        "--job-config",
+        f"{CONFIG_DIR}/{CONFIG_FILE}",
+        "--target",
+        target.name,
+        "--status-file",
+        TERMINATION_LOG,
+    ]
+
+
+def render_export_job(
+    job: JobRef, spec: FineTuneJobSpec, target: ExportTarget, attempt: int, defaults: OperatorDefaults
+) -> dict[str, Any]:
+    """The batch/v1 Job exporting one target on its (edge) nodes. Its status line reaches the operator
+    through the container's termination message: no storage access for the operator."""
+    storage = effective_storage(spec.storage, defaults.storage)
+    volume, mount = _config_volume(config_map_name(job.name, attempt))
+    limits = {"cpu": target.resources.cpu, "memory": target.resources.memory}
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True},
+        "containers": [
+            {
+                "name": "export",
+                "image": spec.resources.image or defaults.trainer_image,
+                "command": export_command(target),
+                "env": credential_env(storage),
+                "resources": {"requests": limits, "limits": limits},
+                "volumeMounts": [mount],
+                "terminationMessagePath": TERMINATION_LOG,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }
+        ],
+        "volumes": [volume],
+    }
+    if target.node_selector:
+        pod["nodeSelector"] = dict(target.node_selector)
+    if target.tolerations:
+        pod["tolerations"] = [t.to_dict() for t in target.tolerations]
+    labels = _labels(job, "export", **{LABEL_TARGET: target.name})
+    job_spec: dict[str, Any] = {
+        "backoffLimit": target.backoff_limit,
+        "template": {"metadata": {"labels": labels}, "spec": pod},
+    }
+    if spec.run_policy.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(export_job_name(job.name, target.name), job, labels),
+        "spec": job_spec,
+    }

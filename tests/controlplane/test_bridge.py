@@ -1,0 +1,178 @@
+"""The bridge between the operator and the trainer: take what the operator rendered into the real API server
+(the RayJob's entrypoint and head env, the attempt's ConfigMap, the per-job ServiceAccount) and run it with
+`ray job submit` on a local Ray head, as KubeRay's submitter would. The test plays the kubelet: it resolves
+the Secret references, mounts the ConfigMap as a file and hands the driver a bound token of the job's
+ServiceAccount. Training must finish, checkpoint to the S3 server, and report into the job's status."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import boto3
+import kubernetes.client
+import pytest
+from ftjcluster import Cluster, eventually, phase_is
+from kubeenv import ControlPlane
+from operatorproc import running_operator
+from s3server import CREDENTIALS, S3Server, free_port
+
+from edgetune_operator.render import CONFIG_DIR
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.trainer, pytest.mark.slow]
+BIN = Path(sys.executable).parent
+
+
+def upload_folder(s3: S3Server, bucket: str, folder: Path, prefix: str) -> None:
+    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
+    for path in folder.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder)}")
+
+
+def resolve_env(container: dict, core: kubernetes.client.CoreV1Api, namespace: str) -> dict[str, str]:
+    """What the kubelet does with env: plain values as they are, secretKeyRef read from the Secret."""
+    env = {}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        else:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            secret = core.read_namespaced_secret(ref["name"], namespace)
+            env[entry["name"]] = base64.b64decode(secret.data[ref["key"]]).decode()
+    return env
+
+
+def test_rendered_rayjob_trains_with_ray_job_submit(
+    control_plane: ControlPlane,
+    namespace: str,
+    cluster: Cluster,
+    s3_server: S3Server,
+    bucket: str,
+    tiny_bert: Path,
+    reviews: Path,
+    tmp_path: Path,
+) -> None:
+    upload_folder(s3_server, bucket, tiny_bert, "models/tiny-bert")
+    upload_folder(s3_server, bucket, reviews.parent, "data")
+    secret = {k: base64.b64encode(v.encode()).decode() for k, v in CREDENTIALS.items()}
+    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3"}, "data": secret})
+    document = {
+        "apiVersion": "edgetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "bridge"},
+        "spec": {
+            "model": {"source": f"s3://{bucket}/models/tiny-bert", "task": "text-classification", "numLabels": 2},
+            "dataset": {"source": f"s3://{bucket}/data/{reviews.name}", "validationFraction": 0.2, "maxLength": 32},
+            "training": {"epochs": 1, "batchSizePerWorker": 16, "learningRate": 0.001, "seed": 5},
+            "resources": {"workers": 2, "cpusPerWorker": 1},
+            "storage": {"uri": f"s3://{bucket}/jobs", "endpoint": s3_server.endpoint, "credentialsSecret": "s3"},
+            "checkpoint": {"everySteps": 10, "keep": 2},
+        },
+    }
+    with running_operator(control_plane, namespace, tmp_path):
+        cluster.apply(document)
+        rayjob = eventually("RayJob", lambda: cluster.rayjobs("bridge"))[0]
+        run_rayjob_locally(control_plane, cluster, rayjob, tmp_path)
+
+        status = cluster.status("bridge")
+        progress = status["progress"]
+        assert progress["step"] == progress["totalSteps"] == 20 and progress["percent"] == 100
+        assert 0 < progress["loss"] < 1.0 and "evalMetric" in progress
+        checkpoint = status["latestCheckpoint"]
+        assert checkpoint.startswith(f"s3://{bucket}/jobs/{namespace}/bridge/checkpoints/checkpoint_")
+        s3 = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1")
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/{namespace}/bridge/")["Contents"]]
+        assert any(k.startswith(checkpoint.removeprefix(f"s3://{bucket}/")) for k in keys)
+        assert f"jobs/{namespace}/bridge/model/edgetune-model.json" in keys
+
+        cluster.play_kuberay(rayjob["metadata"]["name"], "Complete", "SUCCEEDED")
+        eventually("Succeeded (no export targets)", phase_is(cluster, "bridge", "Succeeded"))
+    # Nothing the system wrote holds the secret's value.
+    written = json.dumps(cluster.job("bridge")) + json.dumps(rayjob)
+    written += json.dumps(
+        cluster.core.read_namespaced_config_map(f"{rayjob['metadata']['name']}-config", namespace).data
+    )
+    assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in written
+
+
+def run_rayjob_locally(control_plane: ControlPlane, cluster: Cluster, rayjob: dict, tmp_path: Path) -> None:
+    namespace = cluster.namespace
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    container = head["containers"][0]
+    config_map = cluster.core.read_namespaced_config_map(head["volumes"][0]["configMap"]["name"], namespace)
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    for key, value in config_map.data.items():
+        (mount / key).write_text(value)
+    token = mount / "token"
+    token.write_text(control_plane.service_account_token(namespace, head["serviceAccountName"], create=False))
+    env_vars = resolve_env(container, cluster.core, namespace)
+    env_vars.update(
+        EDGETUNE_KUBE_API=control_plane.server,
+        EDGETUNE_KUBE_TOKEN_FILE=str(token),
+        EDGETUNE_KUBE_CA_FILE=str(control_plane.pki.ca_cert),
+        EDGETUNE_METRICS_PORT="0",
+    )
+    argv = [arg.replace(CONFIG_DIR, str(mount)) for arg in shlex.split(rayjob["spec"]["entrypoint"])]
+
+    dashboard = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # only the Secret's, via env_vars
+    env["PATH"] = f"{BIN}:{env['PATH']}"
+    # Ray 2.59's dashboard wants a token (as KubeRay's authOptions gives the head and the submitter).
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    head_log = (tmp_path / "ray-head.log").open("wb")
+    ray_temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    ray_head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", f"--dashboard-port={dashboard}",
+         "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={ray_temp}"],
+        env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        eventually("Ray dashboard", lambda: ray_head.poll() is not None or _reachable(address), timeout=90)
+        assert ray_head.poll() is None, (tmp_path / "ray-head.log").read_text()[-3000:]
+        for _ in range(30):  # the head's job agent registers a few seconds after the dashboard answers
+            submit = subprocess.run(
+                [str(BIN / "ray"), "job", "submit", f"--address={address}",
+                 f"--runtime-env-json={json.dumps({'env_vars': env_vars})}", "--", *argv],
+                env=env, capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            if "No available agent" not in submit.stderr + submit.stdout:
+                break
+            time.sleep(2)
+        assert submit.returncode == 0, submit.stdout[-5000:] + submit.stderr[-3000:]
+        assert "succeeded" in submit.stdout.lower(), submit.stdout[-3000:]
+    finally:
+        os.killpg(ray_head.pid, signal.SIGTERM)
+        try:
+            ray_head.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(ray_head.pid, signal.SIGKILL)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+    # The reporter's last patch follows the final event: give the API a moment.
+    eventually("final progress", lambda: (cluster.status("bridge").get("progress") or {}).get("percent") == 100, 10)
+
+
+def _reachable(url: str) -> bool:
+    """Any HTTP answer (Ray 2.59 answers 401 without its auth token; `ray job submit` brings it)."""
+    try:
+        with urllib.request.urlopen(url + "/api/version", timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        time.sleep(0.5)
+        return False

@@ -1,0 +1,220 @@
+"""The operator on the real control plane, with only the chart's RBAC; the tests play KubeRay by patching
+RayJob status, and KWOK runs export Jobs' pods on the fake edge nodes."""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import pytest
+import yaml
+from ftjcluster import GROUP, PLURAL, VERSION, Cluster, eventually, phase_is
+from kubeenv import REPO_ROOT, ControlPlane
+from operatorproc import OperatorProcess, running_operator
+
+from edgetune_operator.render import LABEL_JOB
+
+pytestmark = pytest.mark.controlplane
+
+
+def job_document(name: str = "bert", **run_policy: Any) -> dict[str, Any]:
+    document = yaml.safe_load((REPO_ROOT / "examples" / "bert-imdb.yaml").read_text())
+    document["metadata"] = {"name": name}
+    document["spec"]["runPolicy"] = {"backoffLimit": 1, **run_policy}
+    return document
+
+
+def test_apply_renders_configmap_rayjob_and_trainer_identity(operator: OperatorProcess, cluster: Cluster) -> None:
+    cluster.create_secret()
+    created = cluster.apply(job_document())
+    eventually("RayJob bert-a1", lambda: cluster.rayjobs("bert"))
+    rayjob = cluster.rayjob("bert-a1")  # accepted by KubeRay v1.7.0's real schema
+    assert rayjob["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+    workers = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert workers["replicas"] == 4
+    assert workers["template"]["spec"]["containers"][0]["image"] == "registry.test/edgetune-trainer:0.1.0"
+    config_map = cluster.core.read_namespaced_config_map("bert-a1-config", cluster.namespace)
+    assert '"name": "bert"' in config_map.data["trainer-config.json"]
+    role = cluster.rbac.read_namespaced_role("bert-trainer", cluster.namespace)
+    assert role.rules[0].resource_names == ["bert"]
+    status = eventually("Launching", phase_is(cluster, "bert", "Launching"))
+    assert status["attempt"] == 1 and status["rayJobName"] == "bert-a1"
+    assert ("Normal", "Launched") in cluster.events("bert")
+    metrics = operator.metrics()
+    assert "edgetune_attempts_total 1.0" in metrics
+    assert 'edgetune_jobs{namespace="' + cluster.namespace + '",phase="Launching"} 1.0' in metrics
+    assert "edgetune_launch_seconds_count 1.0" in metrics
+
+
+def test_invalid_spec_fails_with_messages_and_launches_nothing(operator: OperatorProcess, cluster: Cluster) -> None:
+    document = job_document("broken")
+    document["spec"]["training"]["precision"] = "fp16"  # the schema allows it; the cross-field rule does not
+    document["spec"]["resources"]["gpusPerWorker"] = 0
+    cluster.apply(document)
+    status = eventually("Failed", phase_is(cluster, "broken", "Failed"))
+    validated = next(c for c in status["conditions"] if c["type"] == "Validated")
+    assert validated["status"] == "False" and "fp16 needs GPUs" in validated["message"]
+    assert ("Warning", "InvalidSpec") in cluster.events("broken")
+    time.sleep(1)
+    assert cluster.rayjobs("broken") == []
+
+
+def test_missing_secret_holds_launch_until_created(operator: OperatorProcess, cluster: Cluster) -> None:
+    cluster.apply(job_document())
+    status = eventually("Pending", phase_is(cluster, "bert", "Pending"))
+    launched = next(c for c in status["conditions"] if c["type"] == "Launched")
+    assert "edgetune-s3" in launched["message"] and "does not exist" in launched["message"]
+    assert cluster.rayjobs("bert") == []
+    cluster.create_secret()
+    eventually("RayJob after the Secret appears (resync)", lambda: cluster.rayjobs("bert"), timeout=20)
+
+
+def test_lifecycle_retry_resume_export_succeeded(
+    operator: OperatorProcess, cluster: Cluster, control_plane: ControlPlane
+) -> None:
+    cluster.create_secret()
+    cluster.apply(job_document())
+    eventually("RayJob a1", lambda: cluster.rayjobs("bert"))
+    cluster.play_kuberay("bert-a1", "Running", "RUNNING")
+    eventually("Running", phase_is(cluster, "bert", "Running"))
+
+    # The Ray driver reports progress with the per-job identity the operator created, and nothing more.
+    with control_plane.service_account_client(cluster.namespace, "bert-trainer", create=False) as trainer_api:
+        trainer = kubernetes.client.CustomObjectsApi(trainer_api)
+        checkpoint = "s3://edgetune/jobs/" + cluster.namespace + "/bert/checkpoints/checkpoint_000020-ab12cd"
+        progress = {"step": 20, "totalSteps": 100, "epoch": 0, "percent": 20, "loss": 0.41}
+        trainer.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            cluster.namespace,
+            PLURAL,
+            "bert",
+            {"status": {"progress": progress, "latestCheckpoint": checkpoint}},
+        )
+        with pytest.raises(kubernetes.client.ApiException) as denied:
+            trainer.patch_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "bert", {"spec": {}})
+        assert denied.value.status == 403
+    assert cluster.status("bert")["progress"]["step"] == 20
+
+    cluster.play_kuberay("bert-a1", "Failed", "FAILED", "AppFailed", "worker 2 was OOM-killed")
+    eventually("attempt 2", lambda: len(cluster.rayjobs("bert")) == 2)
+    status = eventually("attempt 2 in status", lambda: (s := cluster.status("bert")).get("attempt") == 2 and s)
+    launched = next(c for c in status["conditions"] if c["type"] == "Launched")
+    assert f"resuming from {checkpoint}" in launched["message"]
+    assert status["progress"]["step"] == 20  # the trainer's fields survive the operator's patches
+    assert ("Warning", "AttemptFailed") in cluster.events("bert")
+    assert cluster.core.read_namespaced_config_map("bert-a2-config", cluster.namespace)
+
+    cluster.play_kuberay("bert-a2", "Complete", "SUCCEEDED")
+    eventually("export Job", lambda: cluster.batch.list_namespaced_job(cluster.namespace).items)
+    export = cluster.batch.read_namespaced_job("bert-export-edge-int8", cluster.namespace)
+    assert export.spec.template.spec.node_selector == {"edgetune.dev/edge": "true"}
+    assert export.spec.template.spec.volumes[0].config_map.name == "bert-a2-config"
+    # KWOK schedules the pod on an edge node and completes it.
+    status = eventually("Succeeded", phase_is(cluster, "bert", "Succeeded"), timeout=60)
+    assert status["exports"][0]["name"] == "edge-int8" and status["exports"][0]["phase"] == "Succeeded"
+    pods = cluster.core.list_namespaced_pod(cluster.namespace, label_selector="edgetune.dev/component=export").items
+    assert pods and all(p.spec.node_name.startswith("edge") for p in pods)
+    assert {("Normal", "Succeeded"), ("Normal", "ExportSucceeded")} <= set(cluster.events("bert"))
+    assert "completionTime" in status
+    assert 'edgetune_exports_total{result="succeeded"} 1.0' in operator.metrics()
+    assert len(cluster.rayjobs("bert")) == 2
+
+
+def test_backoff_limit_gives_up_quoting_the_reason(operator: OperatorProcess, cluster: Cluster) -> None:
+    cluster.create_secret()
+    cluster.apply(job_document(backoffLimit=0))
+    eventually("RayJob a1", lambda: cluster.rayjobs("bert"))
+    cluster.play_kuberay("bert-a1", "Complete", "FAILED", "AppFailed", "CUDA error: device-side assert")
+    status = eventually("Failed", phase_is(cluster, "bert", "Failed"))
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded" and "CUDA error: device-side assert" in failed["message"]
+    time.sleep(1)
+    assert len(cluster.rayjobs("bert")) == 1
+
+
+def test_suspend_and_resume(operator: OperatorProcess, cluster: Cluster) -> None:
+    cluster.create_secret()
+    cluster.apply(job_document())
+    eventually("RayJob a1", lambda: cluster.rayjobs("bert"))
+    cluster.play_kuberay("bert-a1", "Running", "RUNNING")
+    eventually("Running", phase_is(cluster, "bert", "Running"))
+    patch = {"spec": {"runPolicy": {"suspend": True}}}
+    cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "bert", patch)
+    eventually("RayJob suspended", lambda: cluster.rayjob("bert-a1")["spec"].get("suspend") is True)
+    eventually("Suspended", phase_is(cluster, "bert", "Suspended"))
+    cluster.play_kuberay("bert-a1", "Suspended")
+    patch = {"spec": {"runPolicy": {"suspend": False}}}
+    cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "bert", patch)
+    eventually("RayJob resumed", lambda: cluster.rayjob("bert-a1")["spec"].get("suspend") is False)
+    assert len(cluster.rayjobs("bert")) == 1  # KubeRay resubmits the same RayJob; the trainer resumes
+
+
+def test_delete_cleans_up_through_owner_references(operator: OperatorProcess, cluster: Cluster) -> None:
+    cluster.create_secret()
+    cluster.apply(job_document())
+    eventually("RayJob a1", lambda: cluster.rayjobs("bert"))
+    job = cluster.job("bert")
+    assert not job["metadata"].get("finalizers")  # nothing outside the cluster to clean: no finalizer
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "bert")
+    eventually("RayJob garbage-collected", lambda: cluster.rayjobs("bert") == [], timeout=60)
+    eventually(
+        "ConfigMap garbage-collected",
+        lambda: (
+            not cluster.core.list_namespaced_config_map(cluster.namespace, label_selector=f"{LABEL_JOB}=bert").items
+        ),
+        timeout=60,
+    )
+
+
+def test_operator_killed_mid_launch_never_duplicates(
+    control_plane: ControlPlane, namespace: str, cluster: Cluster, tmp_path: Path
+) -> None:
+    """SIGKILL the operator at random moments while 12 jobs launch and retry, with a second operator
+    racing the first for part of the time (as a broken peering would): one RayJob per attempt, always."""
+    cluster.create_secret()
+    rng = random.Random(7)
+    with running_operator(control_plane, namespace, tmp_path) as first:
+        rival = OperatorProcess(control_plane, namespace, tmp_path / "rival")
+        (tmp_path / "rival").mkdir()
+        rival.start(wait=False)
+        names = [f"job-{i}" for i in range(12)]
+        for name in names:
+            cluster.apply(job_document(name))
+            if rng.random() < 0.3:
+                first.kill()
+                time.sleep(rng.uniform(0, 0.3))
+                first.start(wait=False)
+        rival.kill()
+        first.wait_healthy()
+        eventually("every job launched", lambda: all(len(cluster.rayjobs(n)) == 1 for n in names), timeout=60)
+        for name in names[:6]:
+            cluster.play_kuberay(f"{name}-a1", "Failed", "FAILED", "AppFailed", "node lost")
+            first.kill()
+            time.sleep(rng.uniform(0, 0.2))
+            first.start(wait=False)
+        first.wait_healthy()
+        eventually("attempt 2 of the failed ones", lambda: all(len(cluster.rayjobs(n)) == 2 for n in names[:6]), 60)
+        time.sleep(4)  # a resync period: nothing more may appear
+        for name in names:
+            attempts = [r["metadata"]["labels"]["edgetune.dev/attempt"] for r in cluster.rayjobs(name)]
+            assert attempts == (["1", "2"] if name in names[:6] else ["1"]), (name, attempts)
+            assert cluster.status(name)["attempt"] == len(attempts)
+    assert first.starts >= 8
+
+
+def test_namespace_scoped_operator_ignores_other_namespaces(
+    operator: OperatorProcess, cluster: Cluster, kube_api: kubernetes.client.ApiClient
+) -> None:
+    other = Cluster(kube_api, "default")
+    document = copy.deepcopy(job_document("elsewhere"))
+    other.apply(document)
+    try:
+        time.sleep(2)
+        assert other.rayjobs("elsewhere") == [] and not other.status("elsewhere")
+    finally:
+        other.custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "elsewhere")

@@ -1,0 +1,71 @@
+"""Admin-side helpers for FineTuneJob tests on the control plane: apply, read status, play KubeRay."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes.client
+
+from edgetune_operator.render import LABEL_JOB
+
+GROUP, VERSION, PLURAL = "edgetune.dev", "v1alpha1", "finetunejobs"
+
+
+class Cluster:
+    """Admin-side helpers of one test namespace."""
+
+    def __init__(self, api: kubernetes.client.ApiClient, namespace: str) -> None:
+        self.namespace = namespace
+        self.custom = kubernetes.client.CustomObjectsApi(api)
+        self.core = kubernetes.client.CoreV1Api(api)
+        self.batch = kubernetes.client.BatchV1Api(api)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(api)
+
+    def create_secret(self, name: str = "edgetune-s3") -> None:
+        data = {"AWS_ACCESS_KEY_ID": "dGVzdA==", "AWS_SECRET_ACCESS_KEY": "c2VjcmV0LXZhbHVl"}
+        self.core.create_namespaced_secret(self.namespace, {"metadata": {"name": name}, "data": data})
+
+    def apply(self, document: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, document)
+
+    def job(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.job(name).get("status") or {}
+
+    def rayjobs(self, job: str) -> list[dict[str, Any]]:
+        items = self.custom.list_namespaced_custom_object(
+            "ray.io", "v1", self.namespace, "rayjobs", label_selector=f"{LABEL_JOB}={job}"
+        )["items"]
+        return sorted(items, key=lambda r: r["metadata"]["name"])
+
+    def rayjob(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object("ray.io", "v1", self.namespace, "rayjobs", name)
+
+    def play_kuberay(self, rayjob: str, deployment: str, job: str = "", reason: str = "", message: str = "") -> None:
+        status = {"jobDeploymentStatus": deployment, "jobStatus": job, "reason": reason, "message": message}
+        self.custom.patch_namespaced_custom_object_status(
+            "ray.io", "v1", self.namespace, "rayjobs", rayjob, {"status": {k: v for k, v in status.items() if v}}
+        )
+
+    def events(self, name: str) -> list[tuple[str, str]]:
+        items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
+        return [(e.type, e.reason) for e in items]
+
+
+def eventually(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def phase_is(cluster: Cluster, name: str, phase: str) -> Callable[[], Any]:
+    return lambda: cluster.status(name) if cluster.status(name).get("phase") == phase else None

@@ -1,0 +1,229 @@
+"""The lifecycle rules: `status.decide()` over observed RayJobs and export Jobs, without a cluster."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import yaml
+
+from edgetune_operator.api import FineTuneJobSpec, FineTuneJobStatus, parse_job
+from edgetune_operator.status import Decision, ExportJobView, RayJobView, decide
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+
+
+def spec(**run_policy: object) -> FineTuneJobSpec:
+    document = yaml.safe_load((ROOT / "examples" / "bert-imdb.yaml").read_text())
+    document["spec"]["runPolicy"] = {"backoffLimit": 1, **run_policy}
+    return parse_job(document).spec
+
+
+def rayjob(attempt: int, deployment: str = "", job: str = "", reason: str = "", message: str = "", **extra: object):
+    obj = {
+        "metadata": {"name": f"bert-imdb-a{attempt}", "labels": {"edgetune.dev/attempt": str(attempt)}},
+        "spec": {"suspend": extra.get("suspend", False)},
+        "status": {"jobDeploymentStatus": deployment, "jobStatus": job, "reason": reason, "message": message},
+    }
+    if extra.get("ours"):
+        obj["metadata"]["annotations"] = {"edgetune.dev/suspended-by": "edgetune"}
+    return RayJobView.from_object(obj)
+
+
+def export_job(complete: bool = False, failed: bool = False, report: dict | None = None) -> ExportJobView:
+    conditions = []
+    if complete:
+        conditions.append({"type": "Complete", "status": "True"})
+    if failed:
+        conditions.append({"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"})
+    job = {
+        "metadata": {"name": "bert-imdb-export-edge-int8", "labels": {"edgetune.dev/export-target": "edge-int8"}},
+        "status": {"conditions": conditions},
+    }
+    pods = []
+    if report is not None:
+        terminated = {"exitCode": 0 if complete else 1, "message": json.dumps(report)}
+        pods.append(
+            {
+                "metadata": {"creationTimestamp": "2026-11-24T11:00:00Z"},
+                "status": {"containerStatuses": [{"state": {"terminated": terminated}}]},
+            }
+        )
+    return ExportJobView.from_objects(job, pods)
+
+
+def run(
+    rayjobs: list[RayJobView],
+    status: FineTuneJobStatus | None = None,
+    job_spec: FineTuneJobSpec | None = None,
+    exports: list[ExportJobView] | None = None,
+    now: datetime = NOW,
+    **kwargs: object,
+) -> Decision:
+    return decide(
+        "bert-imdb",
+        job_spec or spec(),
+        [],
+        status or FineTuneJobStatus(),
+        3,
+        rayjobs,
+        exports or [],
+        now,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def condition(decision: Decision, type_: str) -> tuple[str, str]:
+    found = next(c for c in decision.status.conditions if c.type == type_)
+    return found.status, found.reason
+
+
+def test_invalid_spec_fails_with_every_message_and_launches_nothing() -> None:
+    problems = ["spec.model.numLabels: must be >= 2", "spec.training.epochs: must be >= 1"]
+    decision = decide("bert-imdb", None, problems, FineTuneJobStatus(), 1, [], [], NOW)
+    assert decision.status.phase == "Failed"
+    validated = next(c for c in decision.status.conditions if c.type == "Validated")
+    assert validated.status == "False" and validated.message == "\n".join(problems)
+    assert decision.create_attempt is None
+    assert [e.type for e in decision.events] == ["Warning"]
+
+
+def test_first_reconcile_launches_attempt_one() -> None:
+    decision = run([])
+    assert decision.create_attempt == 1
+    assert decision.status.phase == "Launching" and decision.status.attempt == 1
+    assert decision.status.ray_job_name == "bert-imdb-a1"
+    assert decision.status.start_time == "2026-11-24T12:00:00Z"
+    assert decision.status.observed_generation == 3
+    assert condition(decision, "Launched") == ("True", "RayJobCreated")
+
+
+def test_reconcile_is_idempotent() -> None:
+    first = run([rayjob(1, "Running", "RUNNING")])
+    second = run([rayjob(1, "Running", "RUNNING")], status=first.status)
+    assert second.status.to_dict() == first.status.to_dict()
+    assert second.events == [] and second.create_attempt is None
+
+
+def test_mirrors_rayjob_states() -> None:
+    assert run([rayjob(1, "Initializing")]).status.phase == "Launching"
+    assert run([rayjob(1, "Running", "PENDING")]).status.phase == "Launching"
+    running = run([rayjob(1, "Running", "RUNNING")])
+    assert running.status.phase == "Running" and condition(running, "Training") == ("True", "Running")
+    assert run([rayjob(1, "Suspended")]).status.phase == "Suspended"
+
+
+def test_failed_attempt_starts_the_next_which_resumes() -> None:
+    status = FineTuneJobStatus(latest_checkpoint="s3://b/team-a/bert-imdb/checkpoints/checkpoint_000020-ab12")
+    decision = run([rayjob(1, "Failed", "FAILED", "AppFailed", "worker OOM")], status=status)
+    assert decision.create_attempt == 2
+    assert decision.status.attempt == 2 and decision.status.ray_job_name == "bert-imdb-a2"
+    assert decision.status.phase == "Launching"
+    launched = next(c for c in decision.status.conditions if c.type == "Launched")
+    assert "resuming from s3://b/team-a/bert-imdb/checkpoints/checkpoint_000020-ab12" in launched.message
+    assert any(e.reason == "AttemptFailed" and "worker OOM" in e.message for e in decision.events)
+
+
+def test_gives_up_after_backoff_limit_quoting_the_last_failure() -> None:
+    failed = [
+        rayjob(1, "Failed", "FAILED", "AppFailed", "first"),
+        rayjob(2, "Complete", "FAILED", "AppFailed", "CUDA error"),
+    ]
+    decision = run(failed)
+    assert decision.create_attempt is None
+    assert decision.status.phase == "Failed"
+    status, reason = condition(decision, "Failed")
+    assert (status, reason) == ("True", "BackoffLimitExceeded")
+    message = next(c for c in decision.status.conditions if c.type == "Failed").message
+    assert "gave up after 2 attempts" in message and "CUDA error" in message
+    assert decision.status.completion_time == "2026-11-24T12:00:00Z"
+
+
+def test_deadline_and_validation_failures_are_not_retried() -> None:
+    assert run([rayjob(1, "Failed", "FAILED", "DeadlineExceeded")]).status.phase == "Failed"
+    assert run([rayjob(1, "ValidationFailed", "", "ValidationFailed", "bad spec")]).create_attempt is None
+
+
+def test_active_deadline_covers_every_attempt() -> None:
+    status = FineTuneJobStatus(start_time="2026-11-24T11:00:00Z", phase="Running")
+    decision = run([rayjob(2, "Running", "RUNNING")], status=status, job_spec=spec(activeDeadlineSeconds=1800))
+    assert decision.status.phase == "Failed" and decision.delete_rayjob == "bert-imdb-a2"
+    assert condition(decision, "Failed") == ("True", "DeadlineExceeded")
+
+
+def test_suspend_and_resume() -> None:
+    held = run([], job_spec=spec(suspend=True))
+    assert held.status.phase == "Suspended" and held.create_attempt is None
+    suspending = run([rayjob(1, "Running", "RUNNING")], job_spec=spec(suspend=True))
+    assert suspending.suspend_rayjob == ("bert-imdb-a1", True) and suspending.status.phase == "Suspended"
+    resumed = run([rayjob(1, "Suspended", suspend=True, ours=True)])
+    assert resumed.suspend_rayjob == ("bert-imdb-a1", False) and resumed.status.phase == "Launching"
+    # A RayJob suspended by someone else (Kueue) is left alone.
+    assert run([rayjob(1, "Suspended", suspend=True)]).suspend_rayjob is None
+
+
+def test_missing_secret_holds_the_launch() -> None:
+    decision = run([], setup_problem="Secret team-a/edgetune-s3 (spec.storage.credentialsSecret) does not exist")
+    assert decision.create_attempt is None and decision.status.phase == "Pending"
+    assert condition(decision, "Launched") == ("False", "SetupProblem")
+
+
+def test_training_success_creates_exports_then_succeeds() -> None:
+    done = rayjob(1, "Complete", "SUCCEEDED")
+    exporting = run([done])
+    assert exporting.create_exports == ["edge-int8"] and exporting.export_attempt == 1
+    assert exporting.status.phase == "Exporting"
+    report = {
+        "name": "edge-int8",
+        "phase": "Succeeded",
+        "uri": "s3://b/x",
+        "sizeBytes": 110,
+        "latencyMs": 4.2,
+        "accuracyDrop": 0.3,
+    }
+    finished = run([done], status=exporting.status, exports=[export_job(complete=True, report=report)])
+    assert finished.status.phase == "Succeeded" and finished.create_exports == []
+    entry = finished.status.exports[0]
+    assert (entry.phase, entry.size_bytes, entry.latency_ms, entry.accuracy_drop) == ("Succeeded", 110, 4.2, 0.3)
+    assert condition(finished, "Exported") == ("True", "Exported")
+    assert any(e.reason == "ExportSucceeded" for e in finished.events)
+
+
+def test_failed_export_names_target_and_reason() -> None:
+    done = rayjob(1, "Complete", "SUCCEEDED")
+    report = {"name": "edge-int8", "phase": "Failed", "message": "latency 95 ms > budget 80 ms", "latencyMs": 95.0}
+    decision = run([done], status=run([done]).status, exports=[export_job(failed=True, report=report)])
+    assert decision.status.phase == "Failed"
+    message = next(c for c in decision.status.conditions if c.type == "Failed").message
+    assert "edge-int8: latency 95 ms > budget 80 ms" in message
+
+
+def test_settled_export_is_not_run_again_after_its_job_is_gone() -> None:
+    done = rayjob(1, "Complete", "SUCCEEDED")
+    status = FineTuneJobStatus.model_validate(
+        {"phase": "Exporting", "exports": [{"name": "edge-int8", "phase": "Succeeded"}]}
+    )
+    decision = run([done], status=status)
+    assert decision.create_exports == [] and decision.status.phase == "Succeeded"
+
+
+def test_finished_job_stays_finished() -> None:
+    finished = FineTuneJobStatus(phase="Succeeded")
+    decision = run([rayjob(1, "Complete", "SUCCEEDED")], status=finished)
+    assert decision.status.phase == "Succeeded" and decision.events == [] and decision.create_exports == []
+
+
+def test_fixed_spec_after_validation_failure_launches() -> None:
+    failed = decide("bert-imdb", None, ["spec.x: bad"], FineTuneJobStatus(), 1, [], [], NOW).status
+    decision = run([], status=failed, now=NOW + timedelta(minutes=1))
+    assert decision.create_attempt == 1 and decision.status.phase == "Launching"
+    assert not any(c.type == "Failed" for c in decision.status.conditions)
+    assert decision.status.completion_time is None
+
+
+def test_suspend_requested_while_kuberay_tears_down() -> None:
+    """The RayJob already has suspend: true but KubeRay still reports Running: stay Suspended, patch nothing."""
+    decision = run([rayjob(1, "Running", "RUNNING", suspend=True, ours=True)], job_spec=spec(suspend=True))
+    assert decision.status.phase == "Suspended" and decision.suspend_rayjob is None
