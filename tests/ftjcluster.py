@@ -7,10 +7,19 @@ from collections.abc import Callable
 from typing import Any
 
 import kubernetes.client
+import yaml
+from kubeenv import REPO_ROOT
 
 from edgetune_operator.render import LABEL_JOB
 
 GROUP, VERSION, PLURAL = "edgetune.dev", "v1alpha1", "finetunejobs"
+
+
+def job_document(name: str = "bert", **run_policy: Any) -> dict[str, Any]:
+    document = yaml.safe_load((REPO_ROOT / "examples" / "bert-imdb.yaml").read_text())
+    document["metadata"] = {"name": name}
+    document["spec"]["runPolicy"] = {"backoffLimit": 1, **run_policy}
+    return document
 
 
 class Cluster:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -88,6 +89,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A Ctrl-C shuts Ray down under the training thread; Ray must not then start a new cluster by itself
     # when that thread makes its last calls. Ray reads this when first imported, which the next line does.
     os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler: Ctrl-C (or a SIGINT from a script) would do nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from edgetune_trainer.localrun import RunOptions, run_local
 
     name, namespace = job.metadata.name, job.metadata.namespace or "local"

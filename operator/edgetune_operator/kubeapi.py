@@ -16,6 +16,16 @@ from edgetune_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 log = logging.getLogger("edgetune.operator")
 
 
+class MissingApiError(RuntimeError):
+    """The cluster does not serve an API the operator needs (KubeRay's RayJob)."""
+
+
+KUBERAY_MISSING = (
+    "this cluster does not serve ray.io/v1 RayJobs: install the KubeRay operator (helm install kuberay-operator "
+    "kuberay/kuberay-operator --version 1.7.0); the job launches at the next resync once it is there"
+)
+
+
 class Kube:
     """The typed APIs the operator uses, over one ApiClient."""
 
@@ -47,6 +57,8 @@ class Kube:
         except ApiException as err:
             if err.status == 409:
                 return False
+            if err.status == 404 and kind == "RayJob":
+                raise MissingApiError(KUBERAY_MISSING) from err
             raise
         return True
 
@@ -72,9 +84,16 @@ class Kube:
         return str(patched["metadata"]["resourceVersion"])
 
     def list_rayjobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return self.custom.list_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", label_selector=selector)[
-            "items"
-        ]
+        """The RayJobs matching `selector`; none when the API is not served (creating one then says why)."""
+        try:
+            found = self.custom.list_namespaced_custom_object(
+                "ray.io", "v1", namespace, "rayjobs", label_selector=selector
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return []
+            raise
+        return list(found["items"])
 
     def patch_rayjob(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name, patch)

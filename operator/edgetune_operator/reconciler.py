@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from edgetune_operator.api import FineTuneJobSpec, FineTuneJobStatus, spec_problems
-from edgetune_operator.kubeapi import Kube
+from edgetune_operator.kubeapi import Kube, MissingApiError
 from edgetune_operator.metrics import OperatorMetrics
 from edgetune_operator.render import (
     ANNOTATION_SUSPENDED_BY,
@@ -33,7 +33,7 @@ from edgetune_operator.render import (
     render_rayjob,
     render_trainer_rbac,
 )
-from edgetune_operator.status import Decision, ExportJobView, RayJobView, decide, parse_time
+from edgetune_operator.status import Decision, ExportJobView, RayJobView, decide, held, parse_time
 
 log = logging.getLogger("edgetune.operator")
 
@@ -134,7 +134,11 @@ class Reconciler:
             now,
             setup_problem=self._setup_problem(observed),
         )
-        self._act(observed, decision, now)
+        try:
+            self._act(observed, decision, now)
+        except MissingApiError as err:
+            log.error("%s/%s: %s", namespace, name, err)
+            decision = held(decision, observed.status, "KubeRayMissing", str(err), now)
         new_status = decision.status.to_dict()
         old_status = observed.status.to_dict()
         if new_status != old_status:

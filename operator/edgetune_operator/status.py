@@ -145,6 +145,16 @@ class Decision:
     events: list[Event] = field(default_factory=list)
 
 
+def held(decision: Decision, old: FineTuneJobStatus, reason: str, message: str, now: datetime) -> Decision:
+    """`decision` could not be carried out for a reason outside the job (an API the cluster lacks): keep
+    the old status, phase Pending, say why once, and let the resync try again."""
+    status = old.model_copy(deep=True)
+    status.conditions = set_condition(decision.status.conditions, "Launched", "False", reason, message, now)
+    status.phase = "Pending"
+    events = [Event("Warning", reason, message)] if old.phase != "Pending" else []
+    return Decision(status=status, events=events)
+
+
 def set_condition(
     conditions: list[Condition], type_: ConditionType, status: str, reason: str, message: str, now: datetime
 ) -> list[Condition]:

@@ -7,25 +7,16 @@ import copy
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 import kubernetes.client
 import pytest
-import yaml
-from ftjcluster import GROUP, PLURAL, VERSION, Cluster, eventually, phase_is
-from kubeenv import REPO_ROOT, ControlPlane
+from ftjcluster import GROUP, PLURAL, VERSION, Cluster, eventually, job_document, phase_is
+from kubeenv import ControlPlane
 from operatorproc import OperatorProcess, running_operator
 
 from edgetune_operator.render import LABEL_JOB
 
 pytestmark = pytest.mark.controlplane
-
-
-def job_document(name: str = "bert", **run_policy: Any) -> dict[str, Any]:
-    document = yaml.safe_load((REPO_ROOT / "examples" / "bert-imdb.yaml").read_text())
-    document["metadata"] = {"name": name}
-    document["spec"]["runPolicy"] = {"backoffLimit": 1, **run_policy}
-    return document
 
 
 def test_apply_renders_configmap_rayjob_and_trainer_identity(operator: OperatorProcess, cluster: Cluster) -> None:

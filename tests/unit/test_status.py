@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from edgetune_operator.api import FineTuneJobSpec, FineTuneJobStatus, parse_job
-from edgetune_operator.status import Decision, ExportJobView, RayJobView, decide
+from edgetune_operator.status import Decision, ExportJobView, RayJobView, decide, held
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -227,3 +227,14 @@ def test_suspend_requested_while_kuberay_tears_down() -> None:
     """The RayJob already has suspend: true but KubeRay still reports Running: stay Suspended, patch nothing."""
     decision = run([rayjob(1, "Running", "RUNNING", suspend=True, ours=True)], job_spec=spec(suspend=True))
     assert decision.status.phase == "Suspended" and decision.suspend_rayjob is None
+
+
+def test_held_keeps_the_old_status_and_says_why_once() -> None:
+    launching = run([])
+    old = FineTuneJobStatus()
+    decision = held(launching, old, "KubeRayMissing", "install KubeRay", NOW)
+    assert decision.status.phase == "Pending" and decision.status.attempt == 0
+    assert condition(decision, "Launched") == ("False", "KubeRayMissing")
+    assert [e.reason for e in decision.events] == ["KubeRayMissing"]
+    again = held(run([], status=decision.status), decision.status, "KubeRayMissing", "install KubeRay", NOW)
+    assert again.events == [] and again.status.to_dict() == decision.status.to_dict()
