@@ -12,6 +12,7 @@ exists answers 409, which is how a restarted operator avoids launching twice.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -222,7 +223,7 @@ def render_rayjob(
             {
                 "name": "ray-head",
                 "image": image,
-                "resources": {"requests": head_resources, "limits": head_resources},
+                "resources": {"requests": dict(head_resources), "limits": dict(head_resources)},
                 "ports": [
                     {"name": "gcs-server", "containerPort": 6379},
                     {"name": "dashboard", "containerPort": 8265},
@@ -230,7 +231,7 @@ def render_rayjob(
                 ],
                 "env": head_env,
                 "volumeMounts": [mount],
-                "securityContext": security,
+                "securityContext": copy.deepcopy(security),
             }
         ],
         "volumes": [volume],
@@ -242,9 +243,9 @@ def render_rayjob(
             {
                 "name": "ray-worker",
                 "image": image,
-                "resources": {"requests": worker_limits, "limits": worker_limits},
+                "resources": {"requests": dict(worker_limits), "limits": dict(worker_limits)},
                 "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
-                "env": [*env, {"name": "EDGETUNE_METRICS_PORT", "value": str(METRICS_PORT)}],
+                "env": [*copy.deepcopy(env), {"name": "EDGETUNE_METRICS_PORT", "value": str(METRICS_PORT)}],
                 "securityContext": security,
             }
         ],
@@ -268,7 +269,7 @@ def render_rayjob(
             "headGroupSpec": {
                 # No CPUs for Ray on the head: every training worker lands in the worker group.
                 "rayStartParams": {"num-cpus": "0"},
-                "template": {"metadata": {"labels": labels}, "spec": head_pod},
+                "template": {"metadata": {"labels": dict(labels)}, "spec": head_pod},
             },
             "workerGroupSpecs": [
                 {
@@ -277,7 +278,7 @@ def render_rayjob(
                     "minReplicas": workers,
                     "maxReplicas": workers,
                     "rayStartParams": {},
-                    "template": {"metadata": {"labels": labels}, "spec": worker_pod},
+                    "template": {"metadata": {"labels": dict(labels)}, "spec": worker_pod},
                 }
             ],
         },
@@ -319,7 +320,7 @@ def render_export_job(
                 "image": spec.resources.image or defaults.trainer_image,
                 "command": export_command(target),
                 "env": credential_env(storage),
-                "resources": {"requests": limits, "limits": limits},
+                "resources": {"requests": dict(limits), "limits": dict(limits)},
                 "volumeMounts": [mount],
                 "terminationMessagePath": TERMINATION_LOG,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -335,7 +336,7 @@ def render_export_job(
     labels = _labels(job, "export", **{LABEL_TARGET: target.name})
     job_spec: dict[str, Any] = {
         "backoffLimit": target.backoff_limit,
-        "template": {"metadata": {"labels": labels}, "spec": pod},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
     }
     if spec.run_policy.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished

@@ -150,3 +150,14 @@ def test_bounded_names_do_not_collide() -> None:
     two = bounded_name("a" * 50 + "two", "-a1", 47)
     assert one != two and len(one) == len(two) == 47
     assert bounded_name("short", "-a1", 47) == "short-a1"
+
+
+def test_rendered_objects_share_no_mutable_parts() -> None:
+    """A caller (or the client) changing one place of a rendered object must not change another: no YAML
+    anchors, i.e. no dict or list reachable twice."""
+    spec = bert_spec(queueName="q")
+    for obj in (
+        render_rayjob(REF, spec, 1, OperatorDefaults()),
+        render_export_job(REF, spec, spec.export[0], 1, OperatorDefaults()),
+    ):
+        assert "&id" not in yaml.safe_dump(obj)
