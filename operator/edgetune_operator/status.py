@@ -215,13 +215,15 @@ def decide(
 ) -> Decision:
     """The next status of a FineTuneJob and what to do to get there (see the module doc)."""
     b = _Builder(job_name, status, generation, now)
-    if status.phase in TERMINAL_PHASES and rayjobs:  # finished: nothing moves any more
+    failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
+    rejected = status.phase == "Failed" and failed is not None and failed.reason == "InvalidSpec"
+    if status.phase in TERMINAL_PHASES and not rejected:  # finished: nothing moves any more
         return b.decision
     if spec is None:
         b.condition("Validated", "False", "InvalidSpec", "\n".join(problems))
         return b.fail("InvalidSpec", "the spec is invalid: " + "; ".join(problems))
     b.condition("Validated", "True", "Valid", "the spec is valid")
-    if status.phase == "Failed" and not rayjobs:  # an invalid spec that was fixed: start from scratch
+    if rejected:  # the spec was fixed: nothing was ever launched, so start from scratch
         b.status.conditions = [c for c in b.status.conditions if c.type not in ("Failed", "Succeeded")]
         b.status.completion_time = None
     start = parse_time(b.status.start_time)

@@ -238,3 +238,12 @@ def test_held_keeps_the_old_status_and_says_why_once() -> None:
     assert [e.reason for e in decision.events] == ["KubeRayMissing"]
     again = held(run([], status=decision.status), decision.status, "KubeRayMissing", "install KubeRay", NOW)
     assert again.events == [] and again.status.to_dict() == decision.status.to_dict()
+
+
+def test_failed_job_stays_failed_when_its_rayjobs_are_gone() -> None:
+    """Only a job rejected for its spec starts again (when the spec is fixed); one that failed while
+    running stays failed even if someone deletes its RayJobs."""
+    failed = run([rayjob(1, "Failed", "FAILED", "AppFailed", "x"), rayjob(2, "Failed", "FAILED", "AppFailed", "y")])
+    assert failed.status.phase == "Failed"
+    after = run([], status=failed.status, now=NOW + timedelta(minutes=5))
+    assert after.create_attempt is None and after.status.phase == "Failed" and after.events == []
