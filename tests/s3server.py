@@ -7,6 +7,7 @@ it over the network like any S3 endpoint, and because fault tests stop and resum
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# werkzeug's access log line, possibly wrapped in colour codes: "PUT /bucket/key HTTP/1.1" 200
+REQUEST_LINE = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|DELETE|HEAD) (\S+) HTTP/')
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "edgetune-test", "AWS_SECRET_ACCESS_KEY": "edgetune-test-secret"}
 
 
@@ -55,6 +58,11 @@ class S3Server:
             except OSError:
                 time.sleep(0.2)
         raise RuntimeError("moto server did not answer within 30 s")
+
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path) of every request the server logged so far, in the order it served them."""
+        log = (self.log_dir / f"moto-{self.port}.log").read_text(errors="replace")
+        return REQUEST_LINE.findall(log)
 
     def create_bucket(self, name: str) -> None:
         import boto3

@@ -135,7 +135,6 @@ class ManifestWatcher(threading.Thread):
         super().__init__(daemon=True)
         self.storage, self.key = storage, key
         self.stop = threading.Event()
-        self.polls_without_manifest = 0
         self.complete_reads: list[str] = []  # sha256 of each manifest read together with all its files
         self.restarts = 0
         self.problems: list[str] = []
@@ -151,7 +150,6 @@ class ManifestWatcher(threading.Thread):
         while not self.stop.is_set():
             manifest = self.read("manifest.json")
             if manifest is None:
-                self.polls_without_manifest += 1
                 continue
             files = json.loads(manifest)["files"]
             contents = {name: self.read(name) for name in files}
@@ -196,7 +194,15 @@ def test_export_is_published_to_s3_with_the_manifest_last(
     assert report.phase == "Succeeded", report.message
     assert report.uri == f"s3://{bucket}/jobs/local/export-job/exports/edge-int8"
     assert watcher.problems == []
-    assert watcher.polls_without_manifest > 0  # the old manifest went first ...
+    # The server's own request log gives the order: the old manifest deleted before any new file, the
+    # new manifest written after all of them.
+    time.sleep(0.5)  # the access log is written after each response
+    prefix = f"/{bucket}/jobs/local/export-job/{key}/"
+    served = [(method, path.split("?")[0]) for method, path in s3_server.requests() if path.startswith(prefix)]
+    publish = served[served.index(("PUT", prefix + "manifest.json")) + 1 :]  # after the old export was set up
+    changes = [(method, path.removeprefix(prefix)) for method, path in publish if method in ("PUT", "DELETE")]
+    assert changes[0] == ("DELETE", "manifest.json") and changes[-1] == ("PUT", "manifest.json"), changes
+    assert ("PUT", "model.onnx") in changes
     new_manifest = hashlib.sha256(storage.read_bytes(f"{key}/manifest.json")).hexdigest()
     assert watcher.complete_reads[0] != new_manifest and watcher.complete_reads[-1] == new_manifest  # ... the new last
     names = {info.split("/exports/edge-int8/", 1)[1] for info in _keys(storage, key)}
