@@ -16,7 +16,6 @@ import asyncio
 import logging
 import os
 import sys
-import threading
 
 import kopf
 import kubernetes.client
@@ -92,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         port = metrics.serve(args.metrics_port)
         logging.getLogger("edgetune.operator").info("metrics on :%d/metrics", port)
-    stop = threading.Event()
     try:
         asyncio.run(
             kopf.operator(
@@ -102,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
                 standalone=args.peering is None,
                 peering_name=args.peering,
                 liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
-                stop_flag=stop,
             )
         )
     except KeyboardInterrupt:
