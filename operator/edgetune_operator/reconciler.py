@@ -33,7 +33,7 @@ from edgetune_operator.render import (
     render_rayjob,
     render_trainer_rbac,
 )
-from edgetune_operator.status import Decision, ExportJobView, RayJobView, decide, held, parse_time
+from edgetune_operator.status import Decision, ExportJobView, RayJobView, decide, held, parse_time, status_patch
 
 log = logging.getLogger("edgetune.operator")
 
@@ -139,15 +139,9 @@ class Reconciler:
         except MissingApiError as err:
             log.error("%s/%s: %s", namespace, name, err)
             decision = held(decision, observed.status, "KubeRayMissing", str(err), now)
-        new_status = decision.status.to_dict()
-        old_status = observed.status.to_dict()
-        if new_status != old_status:
-            # Only the operator's fields: progress and latestCheckpoint belong to the trainer's reporter.
-            new_status.pop("progress", None)
-            new_status.pop("latestCheckpoint", None)
-            cleared = {key: None for key in old_status if key not in new_status and key not in ("progress",)}
-            cleared.pop("latestCheckpoint", None)
-            self._written[(namespace, name)] = self.kube.patch_job_status(namespace, name, {**cleared, **new_status})
+        patch = status_patch(observed.status, decision.status)
+        if patch is not None:
+            self._written[(namespace, name)] = self.kube.patch_job_status(namespace, name, patch)
         for event in decision.events:
             self.kube.post_event(job, event.type, event.reason, event.message)
             if event.reason in ("ExportSucceeded", "ExportFailed"):

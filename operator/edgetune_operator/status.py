@@ -21,6 +21,7 @@ from edgetune_operator.api import Condition, ConditionType, ExportStatus, FineTu
 from edgetune_operator.render import ANNOTATION_SUSPENDED_BY, LABEL_ATTEMPT, LABEL_TARGET, rayjob_name
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
+TRAINER_FIELDS = ("progress", "latestCheckpoint")  # written by the Ray driver's reporter, never by the operator
 Outcome = Literal["launching", "running", "succeeded", "failed", "suspended"]
 
 
@@ -143,6 +144,17 @@ class Decision:
     suspend_rayjob: tuple[str, bool] | None = None  # (name, suspend)
     delete_rayjob: str | None = None
     events: list[Event] = field(default_factory=list)
+
+
+def status_patch(old: FineTuneJobStatus, new: FineTuneJobStatus) -> dict[str, Any] | None:
+    """The merge patch taking `old` to `new` in the operator's fields (a field it dropped becomes null), or
+    None when they already agree. The trainer's fields are left out, so the two writers never collide."""
+    before, after = old.to_dict(), new.to_dict()
+    if before == after:
+        return None
+    patch: dict[str, Any] = {key: None for key in before if key not in after}
+    patch.update(after)
+    return {key: value for key, value in patch.items() if key not in TRAINER_FIELDS}
 
 
 def held(decision: Decision, old: FineTuneJobStatus, reason: str, message: str, now: datetime) -> Decision:

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from edgetune_operator.api import FineTuneJobSpec, FineTuneJobStatus, parse_job
-from edgetune_operator.status import Decision, ExportJobView, RayJobView, decide, held
+from edgetune_operator.status import Decision, ExportJobView, RayJobView, decide, held, status_patch
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -247,3 +247,23 @@ def test_failed_job_stays_failed_when_its_rayjobs_are_gone() -> None:
     assert failed.status.phase == "Failed"
     after = run([], status=failed.status, now=NOW + timedelta(minutes=5))
     assert after.create_attempt is None and after.status.phase == "Failed" and after.events == []
+
+
+def test_status_patch_carries_only_the_operators_fields() -> None:
+    old = FineTuneJobStatus.model_validate(
+        {
+            "phase": "Failed",
+            "completionTime": "2026-11-24T11:00:00Z",
+            "latestCheckpoint": "s3://b/c",
+            "progress": {"step": 5},
+        }
+    )
+    assert status_patch(old, old) is None
+    new = old.model_copy(update={"phase": "Launching", "completion_time": None, "latest_checkpoint": "s3://b/d"})
+    assert status_patch(old, new) == {
+        "phase": "Launching",
+        "completionTime": None,
+        "attempt": 0,
+        "conditions": [],
+        "exports": [],
+    }
