@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,16 +12,12 @@ from s3server import CREDENTIALS, S3Server
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto in server mode on a loopback port; AWS_* credentials exported for every process we start."""
-    saved = {key: os.environ.get(key) for key in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    server = S3Server(tmp_path_factory.mktemp("s3")).start()
-    yield server
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as environment:  # restores the variables afterwards
+        for key, value in CREDENTIALS.items():
+            environment.setenv(key, value)
+        server = S3Server(tmp_path_factory.mktemp("s3")).start()
+        yield server
+        server.stop()
 
 
 @pytest.fixture
