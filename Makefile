@@ -1,15 +1,18 @@
 # The two commands a fresh clone needs (see README.md):
 #   make quickstart   install, then run examples/quickstart.yaml locally
-#   make test         install, build the test control plane (cached), lint, run every test tier
+#   make test         install, build the test control plane and fetch helm/kubectl (cached), lint, run every tier
 # Everything installs from pinned files (constraints.txt, hack/k8s-build/go.sum); nothing by hand.
 PY := .venv/bin/python
 
-.PHONY: setup k8s quickstart lint test crd lock
+.PHONY: setup k8s tools quickstart lint test crd chart lock
 setup:
 	./hack/setup.sh
 
 k8s:
 	./hack/build-k8s.sh
+
+tools:
+	./hack/fetch-helm.sh
 
 quickstart: setup
 	.venv/bin/edgetune run examples/quickstart.yaml
@@ -18,11 +21,15 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
-test: setup k8s lint
+test: setup k8s tools lint
 	$(PY) -m pytest
 
 crd: setup
 	.venv/bin/edgetune crd -o crds/finetunejobs.edgetune.dev.yaml
+
+# The chart's generated files (its CRD copy, the operator's RBAC rules), from the Python sources.
+chart: crd
+	$(PY) -m edgetune_operator.chartfiles charts/edgetune
 
 lock:
 	./hack/lock.sh

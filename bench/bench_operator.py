@@ -66,7 +66,7 @@ def run_size(plane: ControlPlane, admin: kubernetes.client.ApiClient, size: int,
     core = kubernetes.client.CoreV1Api(admin)
     core.create_namespace({"metadata": {"name": namespace}})
     plane.wait_for("default ServiceAccount", lambda: core.read_namespaced_service_account("default", namespace))
-    grant_operator(admin, namespace)
+    grant_operator(plane, namespace)
     cluster = Cluster(admin, namespace)
     cluster.create_secret()
     log_dir = workdir / namespace

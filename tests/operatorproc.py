@@ -1,4 +1,8 @@
-"""Run `edgetune-operator` as a subprocess with a ServiceAccount identity bound to only the chart's rules."""
+"""Run `edgetune-operator` as a subprocess with the chart's ServiceAccount identity and the chart's RBAC.
+
+`grant_operator` applies what `helm template` renders for the chart's ServiceAccount and Role(s), so every
+control-plane test proves that the chart grants enough (the `operator` fixture fails on any 403).
+"""
 
 from __future__ import annotations
 
@@ -11,53 +15,47 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import kubernetes.client
+from helmtool import kubectl_apply, template
 from kubeenv import ControlPlane, free_ports
 from kubernetes.client.exceptions import ApiException
 
-from edgetune_operator.rbac import operator_rules
-
-OPERATOR_NAMESPACE = "edgetune-system"
-OPERATOR_ACCOUNT = "edgetune-operator"
-
-
-def _create(call: object, *args: object) -> None:
-    try:
-        call(*args)  # type: ignore[operator]
-    except ApiException as err:
-        if err.status != 409:
-            raise
+OPERATOR_NAMESPACE = "edgetune-system"  # the release namespace of `helm install edgetune`
+OPERATOR_ACCOUNT = "edgetune-operator"  # the chart's ServiceAccount for release "edgetune"
+LEASE_NAME = "edgetune-leader"
 
 
-def grant_operator(admin: kubernetes.client.ApiClient, namespace: str) -> None:
-    """The chart's namespaced install: a Role with `operator_rules()` in `namespace`, bound to the SA."""
-    core = kubernetes.client.CoreV1Api(admin)
-    rbac = kubernetes.client.RbacAuthorizationV1Api(admin)
-    _create(core.create_namespace, {"metadata": {"name": OPERATOR_NAMESPACE}})
-    _create(core.create_namespaced_service_account, OPERATOR_NAMESPACE, {"metadata": {"name": OPERATOR_ACCOUNT}})
-    _create(
-        rbac.create_namespaced_role, namespace, {"metadata": {"name": "edgetune-operator"}, "rules": operator_rules()}
+def grant_operator(plane: ControlPlane, namespace: str, values: dict[str, Any] | None = None) -> None:
+    """The chart's ServiceAccount and RBAC for a release watching `namespace` (plus any other `values`)."""
+    with plane.api_client() as admin:
+        try:
+            kubernetes.client.CoreV1Api(admin).create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
+        except ApiException as err:
+            if err.status != 409:
+                raise
+    documents = template(
+        {"watch": {"namespaces": [namespace]}, **(values or {})},
+        namespace=OPERATOR_NAMESPACE,
+        show_only=("templates/serviceaccount.yaml", "templates/rbac.yaml"),
     )
-    _create(
-        rbac.create_namespaced_role_binding,
-        namespace,
-        {
-            "metadata": {"name": "edgetune-operator"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "edgetune-operator"},
-            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}],
-        },
-    )
+    assert {d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount"} == {OPERATOR_ACCOUNT}
+    kubectl_apply(plane.kubeconfig, documents)
 
 
 class OperatorProcess:
     """One operator process; `restart()` kills it (SIGKILL, as a node loss would) and starts another."""
 
-    def __init__(self, plane: ControlPlane, namespace: str, log_dir: Path, *extra: str) -> None:
+    def __init__(
+        self, plane: ControlPlane, namespace: str, log_dir: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.kubeconfig = plane.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, create=False)
         self.namespace = namespace
         self.log_dir = log_dir
         self.extra = extra
+        self.env = {**os.environ, **(env or {})}
+        self.log_prefix = self.env.get("POD_NAME", "operator")
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_port = self.health_port = 0
         self.starts = 0
@@ -65,7 +63,7 @@ class OperatorProcess:
     def start(self, wait: bool = True) -> OperatorProcess:
         self.metrics_port, self.health_port = free_ports(2)
         self.starts += 1
-        log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
+        log = (self.log_dir / f"{self.log_prefix}-{self.starts}.log").open("wb")
         command = [
             sys.executable, "-m", "edgetune_operator.main",
             "--kubeconfig", str(self.kubeconfig),
@@ -76,7 +74,7 @@ class OperatorProcess:
             "--trainer-image", "registry.test/edgetune-trainer:0.1.0",
             *self.extra,
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         if wait:
             self.wait_healthy()
         return self
@@ -114,13 +112,13 @@ class OperatorProcess:
                 self.kill()
 
     def log_text(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
+        logs = sorted(self.log_dir.glob(f"{self.log_prefix}-*.log"))
+        return "\n".join(p.read_text(errors="replace") for p in logs)
 
 
 @contextmanager
 def running_operator(plane: ControlPlane, namespace: str, log_dir: Path, *extra: str) -> Iterator[OperatorProcess]:
-    with plane.api_client() as admin:
-        grant_operator(admin, namespace)
+    grant_operator(plane, namespace)
     operator = OperatorProcess(plane, namespace, log_dir, *extra).start()
     try:
         yield operator

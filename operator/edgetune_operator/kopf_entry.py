@@ -1,6 +1,6 @@
 """The operator's handlers for `kopf run -m edgetune_operator.kopf_entry --namespace NS`.
 
-`edgetune-operator` is the supported entry point (flags, metrics port, peering switch); this module lets
+`edgetune-operator` is the supported entry point (flags, metrics port, leader election); this module lets
 a kopf user run the same handlers with kopf's own command line. Settings come from the environment:
 EDGETUNE_NAMESPACES (comma-separated; what the resync walks, empty: all), EDGETUNE_TRAINER_IMAGE,
 EDGETUNE_STORAGE_URI / _ENDPOINT / _SECRET, EDGETUNE_METRICS_PORT (default 8080, 0: off).

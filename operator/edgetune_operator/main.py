@@ -4,8 +4,8 @@
     edgetune-operator --all-namespaces                          watch every namespace (a ClusterRole)
 
 Out of a cluster it uses --kubeconfig or $KUBECONFIG; in a pod, its ServiceAccount. With more than one
-replica, pass --peering NAME so that kopf keeps exactly one of them active (the KopfPeering CRDs must be
-installed, the chart does); a single replica runs standalone.
+replica, pass --leader-elect: the replicas elect one leader through a Lease (see leader.py) and the
+others wait, answering /healthz, until it goes; a single replica needs no election.
 The same handlers run under `kopf run -m edgetune_operator.kopf_entry` (settings from EDGETUNE_* env).
 """
 
@@ -13,9 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.server
 import logging
 import os
+import socket
 import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import kopf
 import kubernetes.client
@@ -23,6 +29,7 @@ import kubernetes.config
 
 from edgetune_operator.handlers import register
 from edgetune_operator.kubeapi import Kube
+from edgetune_operator.leader import LeaseElector
 from edgetune_operator.metrics import OperatorMetrics
 from edgetune_operator.reconciler import Reconciler
 from edgetune_operator.render import OperatorDefaults
@@ -46,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", type=int, default=8080, help="/metrics port (0: off)")
     parser.add_argument("--health-port", type=int, default=8081, help="/healthz port (0: off)")
     parser.add_argument("--resync-seconds", type=float, default=30.0, help="re-check unfinished jobs this often")
-    parser.add_argument("--peering", help="kopf peering name: one active operator among replicas")
+    parser.add_argument("--leader-elect", action="store_true", help="elect one active replica through a Lease")
+    parser.add_argument(
+        "--leader-election-namespace", default=env("POD_NAMESPACE"), help="the Lease's namespace ($POD_NAMESPACE)"
+    )
+    parser.add_argument("--leader-election-name", default="edgetune-leader", help="the Lease's name")
     parser.add_argument("--verbose", action="store_true")
     return parser
 
@@ -76,6 +87,39 @@ def defaults_from(args: argparse.Namespace) -> OperatorDefaults:
     return OperatorDefaults(trainer_image=args.trainer_image, ray_version=args.ray_version, storage=storage)
 
 
+def leader_elector(args: argparse.Namespace, api: kubernetes.client.ApiClient) -> LeaseElector:
+    if not args.leader_election_namespace:
+        raise SystemExit("edgetune-operator: --leader-elect needs --leader-election-namespace or $POD_NAMESPACE")
+    # The pod name tells people who leads; the suffix keeps two processes of one pod (a restart) apart.
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    return LeaseElector(api, args.leader_election_namespace, args.leader_election_name, identity)
+
+
+class _StandbyHealth(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+        self.wfile.write(b"standby: waiting for the leader's Lease\n")
+
+    def log_message(self, format: str, *args: object) -> None:  # probes every few seconds: not worth a line
+        pass
+
+
+@contextmanager
+def standby_health(port: int) -> Iterator[None]:
+    """Answer /healthz while waiting for leadership, so that the kubelet does not restart a healthy follower."""
+    if not port:
+        yield
+        return
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), _StandbyHealth)
+    threading.Thread(target=server.serve_forever, name="standby-health", daemon=True).start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()  # kopf's liveness endpoint binds the same port next
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -83,9 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf logs in through the same file
+    api = api_client(args.kubeconfig)
+    stop_leading = threading.Event()
+    elector = leader_elector(args, api) if args.leader_elect else None
+    if elector is not None:
+        try:
+            with standby_health(args.health_port):
+                elector.wait_for_leadership(stop_leading)
+        except KeyboardInterrupt:
+            return 0
+        # A leader that cannot renew must stop at once: another replica takes over after the Lease expires.
+        elector.keep_renewing(stop_leading, on_lost=lambda: os._exit(1))
     metrics = OperatorMetrics()
     namespaces = [] if args.all_namespaces else list(args.namespaces)
-    reconciler = Reconciler(Kube(api_client(args.kubeconfig)), defaults_from(args), metrics, namespaces)
+    reconciler = Reconciler(Kube(api), defaults_from(args), metrics, namespaces)
     registry = kopf.OperatorRegistry()
     stop_resync = register(registry, reconciler, args.resync_seconds)
     if args.metrics_port:
@@ -97,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 registry=registry,
                 clusterwide=args.all_namespaces,
                 namespaces=namespaces,
-                standalone=args.peering is None,
-                peering_name=args.peering,
+                standalone=True,  # one active replica is the Lease's job, not kopf peering's
                 liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
             )
         )
@@ -106,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         stop_resync.set()
+        stop_leading.set()
+        if elector is not None:
+            elector.release()
     return 0
 
 

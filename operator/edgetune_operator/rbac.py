@@ -35,6 +35,15 @@ def operator_rules() -> list[dict[str, Any]]:
     ]
 
 
-def peering_rules() -> list[dict[str, Any]]:
-    """kopf peering (--peering, replicas > 1): the KopfPeering objects that elect the active operator."""
-    return [{"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]}]
+def leader_election_rules(lease_name: str) -> list[dict[str, Any]]:
+    """--leader-elect (replicas > 1), in the operator's own namespace: create the Lease, then read and renew
+    only that one (create cannot be limited by name: the API server does not know it before the object)."""
+    return [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease_name],
+            "verbs": ["get", "update", "patch"],
+        },
+    ]

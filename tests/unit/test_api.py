@@ -39,8 +39,13 @@ def test_examples_are_valid(path: Path) -> None:
     assert parse_job(document).metadata.name == path.stem
 
 
-def test_the_three_examples_exist() -> None:
-    assert [p.name for p in EXAMPLES] == ["bert-imdb.yaml", "quickstart.yaml", "resnet-cifar10.yaml"]
+def test_the_examples_exist() -> None:
+    assert [p.name for p in EXAMPLES] == [
+        "bert-imdb.yaml",
+        "quickstart-kind.yaml",
+        "quickstart.yaml",
+        "resnet-cifar10.yaml",
+    ]
 
 
 def test_defaults_are_filled() -> None:
