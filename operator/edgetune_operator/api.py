@@ -34,7 +34,7 @@ from edgetune_trainer.config import (
     raise_problems,
     schema_only,
 )
-from edgetune_trainer.problems import ConfigError, Problem, from_validation_error
+from edgetune_trainer.problems import ConfigError, Problem, from_validation_error, show_input
 
 GROUP = "edgetune.dev"
 VERSION = "v1alpha1"
@@ -48,7 +48,7 @@ LabelValue = Annotated[str, schema_only(maxLength=63), AfterValidator(check_labe
 
 def _image(value: str) -> str:
     if not re.match(_IMAGE, value):
-        raise ValueError(f"must be a container image reference such as registry/trainer:1.0 (got {value!r})")
+        raise ValueError(f"must be a container image reference such as registry/trainer:1.0 (got {show_input(value)})")
     return value
 
 
@@ -235,6 +235,6 @@ def parse_job(document: Any) -> FineTuneJob:
     problems = document_problems(document)
     if problems:
         name = document.get("metadata", {}).get("name") if isinstance(document, dict) else None
-        what = f"FineTuneJob {name!r}" if isinstance(name, str) else "FineTuneJob"
+        what = f"FineTuneJob {show_input(name)}" if isinstance(name, str) else "FineTuneJob"
         raise ConfigError(what, problems)
     return FineTuneJob.model_validate(document, by_alias=True, by_name=False)

@@ -119,6 +119,33 @@ def model_schema(model: type, root: str) -> dict[str, Any]:
     return structural(raw, raw.get("$defs", {}), (root,))
 
 
+# Once a job has launched, its checkpoints belong to the spec it launched with: a retry resumes from them,
+# so changing the model, data, training, resources, storage, checkpointing or exports mid-run would resume
+# a different run from them. The API server refuses such edits (a transition rule, evaluated on update);
+# runPolicy (suspend, backoffLimit, deadlines, queue) stays editable and applies at once.
+LOCKED_AFTER_LAUNCH = ("model", "dataset", "training", "resources", "storage", "checkpoint", "export")
+
+
+def _unchanged(field: str) -> str:
+    return (
+        f"(has(self.spec.{field}) == has(oldSelf.spec.{field}) && "
+        f"(!has(self.spec.{field}) || self.spec.{field} == oldSelf.spec.{field}))"
+    )
+
+
+def spec_lock_rule() -> dict[str, str]:
+    launched = "has(oldSelf.status) && has(oldSelf.status.attempt) && oldSelf.status.attempt > 0"
+    return {
+        "rule": f"!({launched}) || (" + " && ".join(_unchanged(f) for f in LOCKED_AFTER_LAUNCH) + ")",
+        "message": (
+            "spec." + ", spec.".join(LOCKED_AFTER_LAUNCH[:-1]) + f" and spec.{LOCKED_AFTER_LAUNCH[-1]} cannot "
+            "change once the job has launched (its checkpoints were made with them); only spec.runPolicy can. "
+            "To run with other settings, create a new FineTuneJob."
+        ),
+        "reason": "FieldValueForbidden",
+    }
+
+
 def build_crd() -> dict[str, Any]:
     """The complete apiextensions.k8s.io/v1 CRD for FineTuneJob."""
     spec_schema = model_schema(FineTuneJobSpec, "spec")
@@ -158,6 +185,7 @@ def build_crd() -> dict[str, Any]:
                             ),
                             "type": "object",
                             "required": ["spec"],
+                            "x-kubernetes-validations": [spec_lock_rule()],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

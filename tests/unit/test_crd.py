@@ -37,6 +37,7 @@ ALLOWED_KEYWORDS = {
     "format",
     "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys",
+    "x-kubernetes-validations",  # the root only: spec fields locked once launched (crdgen.spec_lock_rule)
 }
 
 

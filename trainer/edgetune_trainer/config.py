@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from edgetune_trainer.problems import MULTI_PROBLEM_TYPE, ConfigError, from_validation_error
+from edgetune_trainer.problems import MULTI_PROBLEM_TYPE, ConfigError, from_validation_error, show_input
 
 Loc = tuple[str | int, ...]
 
@@ -70,7 +70,7 @@ def check_dns_label(value: str, max_length: int = 63) -> str:
     if not _DNS_LABEL.match(value):
         raise ValueError(
             "must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending with a "
-            f"letter or digit (got {value!r})"
+            f"letter or digit (got {show_input(value)})"
         )
     return value
 
@@ -78,15 +78,17 @@ def check_dns_label(value: str, max_length: int = 63) -> str:
 def _check_label_key(key: str) -> str:
     prefix, _, name = key.rpartition("/")
     if prefix and (len(prefix) > 253 or not all(_DNS_LABEL.match(p) for p in prefix.split("."))):
-        raise ValueError(f"label key {key!r} has an invalid prefix (must be a DNS subdomain)")
+        raise ValueError(f"label key {show_input(key)} has an invalid prefix (must be a DNS subdomain)")
     if not name or len(name) > 63 or not _LABEL_NAME.match(name):
-        raise ValueError(f"label key {key!r} is invalid (name part: 1-63 of A-Z a-z 0-9 - _ .)")
+        raise ValueError(f"label key {show_input(key)} is invalid (name part: 1-63 of A-Z a-z 0-9 - _ .)")
     return key
 
 
 def check_label_value(value: str) -> str:
     if len(value) > 63 or not _LABEL_NAME.match(value):
-        raise ValueError(f"label value {value!r} is invalid (at most 63 of A-Z a-z 0-9 - _ ., alphanumeric ends)")
+        raise ValueError(
+            f"label value {show_input(value)} is invalid (at most 63 of A-Z a-z 0-9 - _ ., alphanumeric ends)"
+        )
     return value
 
 
@@ -100,23 +102,25 @@ def _check_node_selector(selector: dict[str, str]) -> dict[str, str]:
 def check_object_key(key: str, what: str) -> str:
     """An object-store key or prefix: relative, no '.'/'..' segments, printable: keys stay under their prefix."""
     if key.startswith("/") or "\\" in key:
-        raise ValueError(f"{what} must be a relative key with '/' separators (got {key!r})")
+        raise ValueError(f"{what} must be a relative key with '/' separators (got {show_input(key)})")
     if any(not ch.isprintable() for ch in key):
         raise ValueError(f"{what} must not contain control characters")
     if any(part in (".", "..") for part in key.split("/")):
-        raise ValueError(f"{what} must not contain '.' or '..' segments (got {key!r})")
+        raise ValueError(f"{what} must not contain '.' or '..' segments (got {show_input(key)})")
     return key
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """'s3://bucket/a/b/' -> ('bucket', 'a/b'), with the bucket name and key checked."""
     if not uri.startswith("s3://"):
-        raise ValueError(f"must be an s3:// URI (got {uri!r})")
+        raise ValueError(f"must be an s3:// URI (got {show_input(uri)})")
     bucket, _, key = uri[len("s3://") :].partition("/")
     if not bucket:
-        raise ValueError(f"s3 URI {uri!r} has no bucket: write s3://BUCKET/prefix")
+        raise ValueError(f"s3 URI {show_input(uri)} has no bucket: write s3://BUCKET/prefix")
     if not _BUCKET.match(bucket) or ".." in bucket:
-        raise ValueError(f"s3 bucket {bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')")
+        raise ValueError(
+            f"s3 bucket {show_input(bucket)} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')"
+        )
     return bucket, check_object_key(key.strip("/"), "the s3 key")
 
 
@@ -142,13 +146,15 @@ def _check_source(value: str, schemes: tuple[str, ...], what: str) -> str:
         name = name.split("@", 1)[0]
         if not _HF_ID.match(name) or (split and what == "model source"):
             form = "hf://[ORG/]NAME[@REVISION]" if what == "model source" else "hf://[ORG/]NAME[:SPLIT]"
-            raise ValueError(f"{value!r} is not a Hugging Face id: write {form}")
+            raise ValueError(f"{show_input(value)} is not a Hugging Face id: write {form}")
         if split and not _HF_SPLIT.match(split):
-            raise ValueError(f"{value!r}: split {split!r} must look like train, test or train[:10%]")
+            raise ValueError(
+                f"{show_input(value)}: split {show_input(split)} must look like train, test or train[:10%]"
+            )
     elif scheme == "torchvision" and not _IDENTIFIER.match(rest.split("@", 1)[0]):
-        raise ValueError(f"{value!r} is not a torchvision model: write torchvision://resnet18[@WEIGHTS]")
+        raise ValueError(f"{show_input(value)} is not a torchvision model: write torchvision://resnet18[@WEIGHTS]")
     elif scheme == "file" and not rest.startswith("/"):
-        raise ValueError(f"{value!r} must be an absolute file:///path")
+        raise ValueError(f"{show_input(value)} must be an absolute file:///path")
     return value
 
 
@@ -166,12 +172,12 @@ def _storage_uri(value: str) -> str:
         return value
     if value.startswith("file:///"):
         return value
-    raise ValueError(f"must be s3://BUCKET/prefix (or file:///path for local runs); got {value!r}")
+    raise ValueError(f"must be s3://BUCKET/prefix (or file:///path for local runs); got {show_input(value)}")
 
 
 def _endpoint(value: str) -> str:
     if not _ENDPOINT.match(value):
-        raise ValueError(f"must be an http(s)://host[:port] URL (got {value!r})")
+        raise ValueError(f"must be an http(s)://host[:port] URL (got {show_input(value)})")
     return value
 
 
@@ -181,7 +187,9 @@ def _freeze(value: str) -> str:
     kind, _, count = value.partition(":")
     if kind == "layers" and count.isdigit() and int(count) >= 1:
         return value
-    raise ValueError(f"must be 'none', 'backbone' or 'layers:N' with N >= 1 top blocks to train (got {value!r})")
+    raise ValueError(
+        f"must be 'none', 'backbone' or 'layers:N' with N >= 1 top blocks to train (got {show_input(value)})"
+    )
 
 
 def schema_only(**keywords: Any) -> Any:
@@ -200,7 +208,7 @@ _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 
 def _quantity(value: str) -> str:
     if not re.match(_QUANTITY, value):
-        raise ValueError(f"must be a Kubernetes quantity such as 4Gi, 512Mi, 500m or 2 (got {value!r})")
+        raise ValueError(f"must be a Kubernetes quantity such as 4Gi, 512Mi, 500m or 2 (got {show_input(value)})")
     return value
 
 
@@ -468,7 +476,7 @@ def cross_section_problems(
     seen: set[str] = set()
     for index, target in enumerate(exports):
         if target.name in seen:
-            problems.append((("export", index, "name"), f"duplicate export target name {target.name!r}"))
+            problems.append((("export", index, "name"), f"duplicate export target name {show_input(target.name)}"))
         seen.add(target.name)
     return problems
 
