@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,9 @@ from kubeenv import REPO_ROOT
 from edgetune_operator.render import LABEL_JOB
 
 GROUP, VERSION, PLURAL = "edgetune.dev", "v1alpha1", "finetunejobs"
+# Distinctive credentials, so that a test can grep everything the system wrote for them.
+ACCESS_KEY = "AKIAEDGETUNETEST7Q2Z"
+SECRET_KEY = "edgetune-test-secret-3f9c1a7d"
 
 
 def job_document(name: str = "bert", **run_policy: Any) -> dict[str, Any]:
@@ -33,7 +37,10 @@ class Cluster:
         self.rbac = kubernetes.client.RbacAuthorizationV1Api(api)
 
     def create_secret(self, name: str = "edgetune-s3") -> None:
-        data = {"AWS_ACCESS_KEY_ID": "dGVzdA==", "AWS_SECRET_ACCESS_KEY": "c2VjcmV0LXZhbHVl"}
+        data = {
+            "AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
+            "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode(),
+        }
         self.core.create_namespaced_secret(self.namespace, {"metadata": {"name": name}, "data": data})
 
     def apply(self, document: dict[str, Any]) -> dict[str, Any]:
@@ -78,3 +85,17 @@ def eventually(what: str, check: Callable[[], Any], timeout: float = 30.0) -> An
 
 def phase_is(cluster: Cluster, name: str, phase: str) -> Callable[[], Any]:
     return lambda: cluster.status(name) if cluster.status(name).get("phase") == phase else None
+
+
+def can(api: kubernetes.client.ApiClient, user: str, verb: str, group: str, resource: str, namespace: str = "",
+        name: str = "") -> bool:  # fmt: skip
+    """Would `user` be allowed? A SubjectAccessReview, as `kubectl auth can-i --as` asks it.
+    `resource` may name a subresource: "finetunejobs/status"."""
+    resource, _, subresource = resource.partition("/")
+    groups = ["system:authenticated"]
+    if user.startswith("system:serviceaccount:"):
+        account_namespace = user.split(":")[2]
+        groups += ["system:serviceaccounts", f"system:serviceaccounts:{account_namespace}"]
+    attributes = {"verb": verb, "group": group, "resource": resource, "subresource": subresource, "name": name}
+    review = {"spec": {"user": user, "groups": groups, "resourceAttributes": {**attributes, "namespace": namespace}}}
+    return bool(kubernetes.client.AuthorizationV1Api(api).create_subject_access_review(review).status.allowed)

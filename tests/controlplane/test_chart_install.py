@@ -14,7 +14,7 @@ from typing import Any
 import kubernetes.client
 import pytest
 import yaml
-from ftjcluster import Cluster, eventually, job_document
+from ftjcluster import Cluster, can, eventually, job_document
 from helmtool import CHART, REPO_ROOT, run, set_args, template, tool
 from kubeenv import ControlPlane, ignore_not_found, unique_name
 from kubernetes.client.rest import ApiException
@@ -104,20 +104,8 @@ def test_helm_install_and_uninstall(
     assert gone.value.status == 404
 
 
-def can(api: kubernetes.client.ApiClient, verb: str, group: str, resource: str, namespace: str = "") -> bool:
-    """Would the chart's ServiceAccount be allowed? (a SubjectAccessReview, as `kubectl auth can-i --as`)"""
-    resource, _, subresource = resource.partition("/")
-    account_groups = ["system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}"]
-    attributes = {"verb": verb, "group": group, "resource": resource, "subresource": subresource}
-    review = {
-        "spec": {
-            "user": f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}",
-            "groups": [*account_groups, "system:authenticated"],
-            "resourceAttributes": {**attributes, "namespace": namespace},
-        }
-    }
-    answer = kubernetes.client.AuthorizationV1Api(api).create_subject_access_review(review)
-    return bool(answer.status.allowed)
+def operator_can(api: kubernetes.client.ApiClient, verb: str, group: str, resource: str, namespace: str = "") -> bool:
+    return can(api, f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}", verb, group, resource, namespace)
 
 
 def test_the_chart_identity_can_do_its_job_and_no_more(
@@ -129,17 +117,21 @@ def test_the_chart_identity_can_do_its_job_and_no_more(
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 for verb in rule["verbs"]:
-                    assert can(kube_api, verb, group, resource, namespace), f"{verb} {group}/{resource}"
-                    assert not can(kube_api, verb, group, resource, other_namespace), f"{verb} {resource} outside"
+                    assert operator_can(kube_api, verb, group, resource, namespace), f"{verb} {group}/{resource}"
+                    assert not operator_can(kube_api, verb, group, resource, other_namespace), (
+                        f"{verb} {resource} outside"
+                    )
                     checked += 1
     print(f"{checked} allowed (verb, resource) pairs checked in the watched namespace, denied outside it")
     # Secrets: only `get` by name, only in the watched namespace; never list or watch them.
-    assert can(kube_api, "get", "", "secrets", namespace)
+    assert operator_can(kube_api, "get", "", "secrets", namespace)
     for verb in ("list", "watch", "create", "update", "delete"):
-        assert not can(kube_api, verb, "", "secrets", namespace)
-    assert not can(kube_api, "get", "", "secrets", other_namespace)
-    assert not can(kube_api, "update", "edgetune.dev", "finetunejobs", namespace)  # status only, never the spec
-    assert not can(kube_api, "delete", "edgetune.dev", "finetunejobs", namespace)
+        assert not operator_can(kube_api, verb, "", "secrets", namespace)
+    assert not operator_can(kube_api, "get", "", "secrets", other_namespace)
+    assert not operator_can(
+        kube_api, "update", "edgetune.dev", "finetunejobs", namespace
+    )  # status only, never the spec
+    assert not operator_can(kube_api, "delete", "edgetune.dev", "finetunejobs", namespace)
     for verb, group, resource in [
         ("list", "", "namespaces"),
         ("list", "", "nodes"),
@@ -148,7 +140,7 @@ def test_the_chart_identity_can_do_its_job_and_no_more(
         ("list", "apiextensions.k8s.io", "customresourcedefinitions"),
         ("create", "rbac.authorization.k8s.io", "clusterroles"),
     ]:
-        assert not can(kube_api, verb, group, resource), f"cluster-wide {verb} {group}/{resource}"
+        assert not operator_can(kube_api, verb, group, resource), f"cluster-wide {verb} {group}/{resource}"
 
 
 def lease_holder(kube_api: kubernetes.client.ApiClient) -> str:
