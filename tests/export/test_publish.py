@@ -107,6 +107,12 @@ def test_corrupt_export_is_detected_by_its_sha256(
     assert predict.main([str(tmp_path / "out"), "good"]) == 2
     assert "corrupt" in capsys.readouterr().err
 
+    model.write_bytes(bytes(data[: len(data) // 2]))  # an upload cut short
+    with pytest.raises(ExportIntegrityError, match=r"model.onnx has sha256 .* the manifest says"):
+        verify_export(tmp_path / "out")
+    assert predict.main([str(tmp_path / "out"), "good"]) == 2
+    print(f"\nFIGURE: export artifact ({len(data)} bytes): 1 flipped bit and a cut to half both refused by sha256")
+
 
 def test_missing_file_and_failed_export_are_refused(text_model: Trained, tmp_path: Path) -> None:
     run_export(text_model, tmp_path / "ok")
