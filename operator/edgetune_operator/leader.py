@@ -27,6 +27,18 @@ from kubernetes.client.rest import ApiException
 log = logging.getLogger("edgetune.leader")
 
 
+class LeaseForbiddenError(RuntimeError):
+    """The ServiceAccount may not use the Lease: a missing Role, which no amount of retrying fixes."""
+
+
+def _check_allowed(err: ApiException, verb: str, namespace: str, name: str) -> None:
+    if err.status == 403:
+        raise LeaseForbiddenError(
+            f"may not {verb} Lease {namespace}/{name} (403 Forbidden): leader election needs a Role with "
+            f"create, get, update on coordination.k8s.io leases there (the chart adds it when replicaCount > 1)"
+        ) from err
+
+
 @dataclass(frozen=True)
 class LeaseTiming:
     lease_seconds: int = 15  # a follower takes over a Lease not renewed for this long
@@ -62,6 +74,7 @@ class LeaseElector:
         try:
             lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
         except ApiException as err:
+            _check_allowed(err, "get", self.namespace, self.name)
             if err.status != 404:
                 log.warning("reading Lease %s/%s failed: %s %s", self.namespace, self.name, err.status, err.reason)
                 return False
@@ -84,6 +97,7 @@ class LeaseElector:
         try:
             self.coordination.replace_namespaced_lease(self.name, self.namespace, body)
         except ApiException as err:
+            _check_allowed(err, "update", self.namespace, self.name)
             if err.status != 409:  # 409: another candidate wrote first
                 log.warning("writing Lease %s/%s failed: %s %s", self.namespace, self.name, err.status, err.reason)
             return False
@@ -113,6 +127,7 @@ class LeaseElector:
         try:
             self.coordination.create_namespaced_lease(self.namespace, body)
         except ApiException as err:
+            _check_allowed(err, "create", self.namespace, self.name)
             if err.status != 409:
                 log.warning("creating Lease %s/%s failed: %s %s", self.namespace, self.name, err.status, err.reason)
             return False

@@ -29,7 +29,7 @@ import kubernetes.config
 
 from edgetune_operator.handlers import register
 from edgetune_operator.kubeapi import Kube
-from edgetune_operator.leader import LeaseElector
+from edgetune_operator.leader import LeaseElector, LeaseForbiddenError
 from edgetune_operator.metrics import OperatorMetrics
 from edgetune_operator.reconciler import Reconciler
 from edgetune_operator.render import OperatorDefaults
@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                 elector.wait_for_leadership(stop_leading)
         except KeyboardInterrupt:
             return 0
+        except LeaseForbiddenError as err:
+            logging.getLogger("edgetune.leader").error("%s", err)
+            return 1
         # A leader that cannot renew must stop at once: another replica takes over after the Lease expires.
         elector.keep_renewing(stop_leading, on_lost=lambda: os._exit(1))
     metrics = OperatorMetrics()

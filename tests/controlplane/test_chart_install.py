@@ -197,3 +197,16 @@ def test_replicas_elect_one_leader_and_the_follower_takes_over(
             replica.stop()
     logs = "\n".join(replica.log_text() for replica in replicas.values())
     assert "Forbidden" not in logs and "Traceback" not in logs, logs[-4000:]
+
+
+def test_leader_election_without_its_role_exits_with_a_clear_message(
+    control_plane: ControlPlane, cluster: Cluster, tmp_path: Path
+) -> None:
+    grant_operator(control_plane, cluster.namespace)  # replicaCount 1: no Lease Role
+    election = ("--leader-elect", "--leader-election-namespace", OPERATOR_NAMESPACE, "--leader-election-name", "nope")
+    replica = OperatorProcess(control_plane, cluster.namespace, tmp_path, *election, env={"POD_NAME": "lonely"})
+    replica.start(wait=False)
+    assert replica.process is not None
+    assert replica.process.wait(30) == 1
+    assert "may not get Lease edgetune-system/nope (403 Forbidden)" in replica.log_text()
+    assert "Traceback" not in replica.log_text()
