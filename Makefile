@@ -33,3 +33,11 @@ chart: crd
 
 lock:
 	./hack/lock.sh
+
+# Benchmarks (bench/run_all.py): edgetune vs its baselines, same run; results in bench/results/<time>/.
+.PHONY: bench bench-full
+bench: setup k8s tools
+	$(PY) bench/run_all.py
+
+bench-full: setup k8s tools
+	$(PY) bench/run_all.py --full

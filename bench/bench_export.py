@@ -4,7 +4,8 @@ and a ResNet-family model side by side, against the design's goals (<= 0.26x siz
 
     .venv/bin/python bench/bench_export.py            # BERT-base (110M) + resnet18 at 224 px: ~4 min on 2 cores
     .venv/bin/python bench/bench_export.py --quick    # toy sizes, a smoke run (< 1 min)
-    options: --resnet resnet50  --bert small  --threads N  --eval N  --max-length N  --retrain
+    .venv/bin/python bench/bench_export.py --full     # BERT-base + resnet50, 500 eval examples, 100 timed runs
+    options: --resnet resnet50  --bert small  --threads N  --eval N  --max-length N  --retrain  --json-out FILE
              --stress   plant an int8-hostile outlier in each model to exercise the accuracy-aware fallback
 
 What is measured, per model, through the exporter itself (`export.export_model`, quantize: int8, budgets
@@ -20,43 +21,42 @@ defaults: 12 layers, hidden 768, vocab 30522, 110M parameters) with random weigh
 classifier are trained on its [CLS] features of generated reviews (head-only fine-tuning, features computed
 once); the ResNet is torchvision's resnet18 from random init, trained briefly on generated colour classes
 at 224 px. Trained artifacts are cached in bench/results/cache/ (git-ignored); --retrain rebuilds them.
-Results go to bench/results/export-<time>.md and .json.
+Results go to --json-out (default bench/results/export-<time>.json), the full table to the .md beside it,
+the exported models to the folder export-<time>/ beside it. Exit 0 whenever it measured (a MISS is a verdict).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import common
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "trainer"))
+sys.path.insert(0, str(common.ROOT / "trainer"))
 
-from edgetune_trainer import synthetic  # noqa: E402
-from edgetune_trainer.artifact import Preprocessing, load_artifact, save_artifact  # noqa: E402
-from edgetune_trainer.config import ExportTarget  # noqa: E402
-from edgetune_trainer.export import ExportOptions, ExportReport, export_model  # noqa: E402
-from edgetune_trainer.inference import (  # noqa: E402
+from edgetune_trainer import synthetic
+from edgetune_trainer.artifact import Preprocessing, load_artifact, save_artifact
+from edgetune_trainer.config import ExportTarget
+from edgetune_trainer.export import ExportOptions, ExportReport, export_model
+from edgetune_trainer.inference import (
     LatencyStats,
     ModelInputs,
     TorchRunner,
     logits_module,
     measure_latency,
 )
-from edgetune_trainer.models import LoadedModel  # noqa: E402
-from edgetune_trainer.preprocess import encode_images, encode_texts  # noqa: E402
+from edgetune_trainer.models import LoadedModel
+from edgetune_trainer.preprocess import encode_images, encode_texts
 
 GOALS = {"size_ratio": 0.26, "speedup": 2.0, "accuracy_drop": 0.5}
 RECIPE = "r2"  # part of the cache folder names: bump when the way the models are trained changes
-RESULTS = ROOT / "bench" / "results"
+RESULTS = common.RESULTS
 
 
 @dataclass
@@ -349,44 +349,62 @@ def _ms(stats: dict[str, float]) -> str:
     return f"{stats['p50']:.2f} / {stats['p95']:.2f} ms"
 
 
-def environment() -> dict[str, Any]:
-    import onnxruntime
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-    }
+def checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Three checks per model, against the design's goals."""
+    out = []
+    for r in results:
+        key = r["model"].lower().split()[0]
+        threads = f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}"
+        out += [
+            common.check(
+                f"export-{key}-size",
+                f"{r['model']} int8 size / fp32 ONNX",
+                r["sizeRatio"],
+                GOALS["size_ratio"],
+                "<=",
+                figure=f"{r['int8Bytes'] / 1e6:.1f} of {r['fp32Bytes'] / 1e6:.1f} MB ({r['method']})",
+            ),
+            common.check(
+                f"export-{key}-speedup",
+                f"{r['model']} CPU speed-up, onnxruntime int8 vs torch eager fp32",
+                r["speedup"],
+                GOALS["speedup"],
+                figure=f"p50 {r['onnxruntimeInt8Ms']['p50']:.2f} vs {r['torchEagerFp32Ms']['p50']:.2f} ms, batch 1, "
+                + threads,
+            ),
+            common.check(
+                f"export-{key}-accuracy",
+                f"{r['model']} accuracy drop, int8 vs torch",
+                r["accuracyDrop"],
+                GOALS["accuracy_drop"],
+                "<=",
+                unit="pt",
+                figure=f"{r['torchAccuracy']:.2%} -> {r['int8Accuracy']:.2%} on {r['evalExamples']} examples",
+                note=f"accuracy-aware int8 fallback: {_fallback(r)}",
+            ),
+        ]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="toy models and few examples: a smoke run")
+    parser = common.parser(__doc__)
     parser.add_argument("--bert", choices=["base", "small", "toy"], default=None, help="BERT size (default base)")
-    parser.add_argument("--resnet", default=None, help="torchvision ResNet (default resnet18)")
+    parser.add_argument("--resnet", default=None, help="torchvision ResNet (default resnet18; --full resnet50)")
     parser.add_argument("--max-length", type=int, default=128, help="BERT sequence length (export and latency)")
     parser.add_argument("--image-size", type=int, default=None, help="ResNet input size (default 224)")
-    parser.add_argument("--eval", type=int, default=None, help="eval examples per model (default 300)")
+    parser.add_argument("--eval", type=int, default=None, help="eval examples per model (default 300; --full 500)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for both runtimes' latency")
-    parser.add_argument("--runs", type=int, default=30, help="timed batch-1 runs (after --warmup)")
+    parser.add_argument("--runs", type=int, default=None, help="timed batch-1 runs after --warmup (default 30)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--retrain", action="store_true", help="rebuild the cached trained models")
     parser.add_argument("--stress", action="store_true", help="plant an int8-hostile outlier (fallback demo)")
     args = parser.parse_args(argv)
     bert = args.bert or ("toy" if args.quick else "base")
-    resnet = args.resnet or "resnet18"
+    resnet = args.resnet or ("resnet50" if args.full else "resnet18")
     image_size = args.image_size or (64 if args.quick else 224)
-    eval_count = args.eval or (60 if args.quick else 300)
+    eval_count = args.eval or (60 if args.quick else 500 if args.full else 300)
+    args.runs = args.runs or (100 if args.full else 30)
+    wall_started = time.time()
     cache = RESULTS / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -398,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.stress:
         cases = [stressed(case, cache) for case in cases]
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = RESULTS / f"export-{stamp}"
+    stamp = common.stamp()
+    json_out = args.json_out or RESULTS / f"export-{stamp}.json"
+    out = json_out.parent / f"export-{stamp}"
     results = []
     for case in cases:
         print(f"benchmarking {case.title}: {case.note} ...", flush=True)
@@ -407,25 +426,39 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
 
     text = table(results)
-    env = environment()
     lines = [
-        f"# edgetune export benchmark ({stamp})",
-        "",
         text,
         "",
         *(f"- {r['model']}: {r['note']}; export {r['exportPhase']}: {r['exportMessage']}" for r in results),
-        f"- machine: {env['cpu']}, {env['cores']} cores; torch {env['torch']}, onnxruntime {env['onnxruntime']}",
+        f"- exported models: {out}",
         f"- total time {elapsed:.0f} s",
     ]
     markdown = "\n".join(lines) + "\n"
     print()
     print(markdown)
-    (RESULTS / f"export-{stamp}.md").write_text(markdown)
-    (RESULTS / f"export-{stamp}.json").write_text(
-        json.dumps({"goals": GOALS, "environment": env, "results": results, "seconds": elapsed}, indent=2) + "\n"
+    data = common.result(
+        "export",
+        "Edge export: int8 vs fp32, BERT-family and ResNet-family",
+        f"int8 ONNX (onnxruntime CPU) vs the fp32 model (torch eager, batch 1), through the exporter itself. "
+        f"Goals (issue 5): size <= {GOALS['size_ratio']}x, speed-up >= {GOALS['speedup']}x, accuracy drop "
+        f"<= {GOALS['accuracy_drop']} pt, for each model.",
+        checks(results),
+        sizes={
+            "size": common.size_name(args),
+            "bert": bert,
+            "resnet": resnet,
+            "image_size": image_size,
+            "max_length": args.max_length,
+            "eval": eval_count,
+            "runs": args.runs,
+            "threads": args.threads,
+            "stress": args.stress,
+        },
+        details={"goals": GOALS, "results": results},
+        started=wall_started,
     )
-    print(f"written: {RESULTS / f'export-{stamp}.md'} and .json")
-    return 0 if all(all(r["pass"].values()) for r in results) else 1
+    common.save(data, json_out, markdown)
+    return 0
 
 
 if __name__ == "__main__":
