@@ -68,6 +68,20 @@ def test_corrupt_and_partial_checkpoints_are_skipped_with_a_warning(storage: Job
     assert corrupt in warnings and "sha256" in warnings
 
 
+def test_a_checkpoint_whose_state_never_landed_is_skipped(storage: JobStorage, caplog) -> None:
+    """The manifest went up but state.pt did not (Ray Train uploads a checkpoint's files concurrently, and
+    pyarrow's copy_files does not report a failed close): skipped by name, the previous one is used."""
+    upload(storage, 10)
+    orphan = upload(storage, 20)
+    storage.filesystem.delete_file(storage.path(f"{ckpt.CHECKPOINTS_KEY}/{orphan}/{ckpt.STATE_FILE}"))
+    with caplog.at_level(logging.WARNING, logger="edgetune_trainer.checkpoint"):
+        point = ckpt.find_resume_point(storage)
+    print(f"FIGURE: manifest without state.pt -> resumed from step {point.manifest['step'] if point else None}")
+    assert point is not None and point.manifest["step"] == 10
+    warnings = "\n".join(r.getMessage() for r in caplog.records)
+    assert orphan in warnings and "no state.pt" in warnings
+
+
 def test_no_checkpoint_means_a_fresh_start(storage: JobStorage) -> None:
     assert ckpt.find_resume_point(storage) is None
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from jobconfigs import job_config
 
-from edgetune_trainer.config import load_train_config
+from edgetune_trainer.config import StorageSpec, load_train_config
 from edgetune_trainer.data import DataError
 from edgetune_trainer.models import ModelLoadError
-from edgetune_trainer.storage import RetryPolicy, StorageError
+from edgetune_trainer.storage import JobStorage, RetryPolicy, StorageError
 from edgetune_trainer.train import run_training
 
 pytestmark = pytest.mark.trainer
@@ -53,6 +53,34 @@ def test_unreachable_storage_fails_with_the_endpoint(tiny_bert, reviews) -> None
     with pytest.raises(StorageError, match=r"http://127\.0\.0\.1:9 \(bucket some-bucket\) failed after 3 attempts"):
         run_training(load_train_config(raw), retry=RetryPolicy(attempts=3, first_delay_s=0.1))
     assert time.monotonic() - started < 60
+
+
+def test_unreachable_storage_gives_up_after_the_retry_budget() -> None:
+    """Nothing listens at the endpoint: tries go on, backing off, until the time budget is spent; then
+    one error names the endpoint, the tries and the budget."""
+    storage = JobStorage(
+        StorageSpec(uri="s3://some-bucket/p", endpoint=_Dead.endpoint), "ns", "job", RetryPolicy(budget_s=4)
+    )
+    started = time.monotonic()
+    with pytest.raises(StorageError) as failure:
+        storage.check_reachable()
+    seconds = time.monotonic() - started
+    print(f"FIGURE: unreachable endpoint, retry budget 4 s -> gave up after {seconds:.1f} s: {failure.value}"[:300])
+    assert "reaching object storage at http://127.0.0.1:9 (bucket some-bucket) failed after" in str(failure.value)
+    assert "(retry budget 4 s)" in str(failure.value)
+    assert 4 <= seconds < 4 + 8  # the budget, plus at most one try (pyarrow's own 3 connection attempts)
+
+
+def test_a_definite_answer_is_not_retried(s3_server, bucket) -> None:
+    """A missing key is an answer, not an outage: it fails at once, even with the default 180 s budget."""
+    storage = JobStorage(StorageSpec(uri=f"s3://{bucket}/p", endpoint=s3_server.endpoint), "ns", "job")
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="Path does not exist") as failure:
+        storage.read_bytes("no/such/key")
+    seconds = time.monotonic() - started
+    print(f"FIGURE: missing key -> StorageError after {seconds:.2f} s, no retry")
+    assert s3_server.endpoint in str(failure.value)
+    assert seconds < 1.0  # the first retry would wait 1 s
 
 
 def test_missing_bucket_is_named(s3_server, tiny_bert, reviews) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -94,26 +95,39 @@ def test_rank_zero_serves_prometheus_metrics(uninterrupted) -> None:
 
 
 def test_killed_worker_resumes_from_the_latest_checkpoint(uninterrupted, s3_server, tiny_bert, reviews) -> None:
-    """SIGKILL rank 1 three steps after the step-20 checkpoint: Ray Train restarts the worker group, the
-    run resumes from step 20, redoes at most the 3 lost steps, and ends with the very weights of an
-    uninterrupted run (same optimizer steps, same data order, same RNG)."""
+    """SIGKILL rank 1 a few steps after the step-20 checkpoint: Ray Train restarts the worker group, the
+    run resumes from step 20, redoes the steps since (at most a checkpoint interval), and ends with the
+    very weights of an uninterrupted run (same optimizer steps, same data order, same RNG)."""
     baseline, _, _ = uninterrupted
     s3_server.create_bucket("trainer-kill")
     config = load_train_config(job_config("killed", "trainer-kill", s3_server, tiny_bert, reviews))
-    killed: list[int] = []
+    killed: list[tuple[int, float]] = []  # (step, time.monotonic()) of the kill
+    arrivals: list[float] = []  # time.monotonic() of each event, in the order of result.events
 
     def kill_rank_one(event: ProgressEvent) -> None:
+        arrivals.append(time.monotonic())
         if not killed and event.kind == "progress" and event.step >= 23:
-            killed.append(event.step)
+            killed.append((event.step, time.monotonic()))
             os.kill(event.pids[1], signal.SIGKILL)
 
     result = run_training(config, sinks=[kill_rank_one], max_failures=2)
     assert killed, "the worker was never killed"
+    killed_step, killed_at = killed[0]
     assert result.steps == baseline.steps == 60
     assert result.resumed_from is not None and "checkpoint_000000020-" in result.resumed_from
-    progress_steps = [e.step for e in result.events if e.kind == "progress"]  # one report every 60 // 20 = 3 steps
-    restart = progress_steps.index(21, progress_steps.index(killed[0]))  # the first report after resuming
-    assert killed[0] - 20 <= config.checkpoint.every_steps  # steps redone <= checkpoint interval
+    resumed_step = int(result.resumed_from.rsplit("checkpoint_", 1)[1].split("-")[0])
+    progress = [(e.step, at) for e, at in zip(result.events, arrivals, strict=True) if e.kind == "progress"]
+    progress_steps = [step for step, _ in progress]  # one report every 60 // 20 = 3 steps
+    restart = progress_steps.index(21, progress_steps.index(killed_step))  # the first report after resuming
+    redone = killed_step - resumed_step
+    interval = config.checkpoint.every_steps
+    to_resume = progress[restart][1] - killed_at
+    print(
+        f"FIGURE: worker SIGKILL at step {killed_step} -> resumed from step {resumed_step}, steps redone "
+        f"{redone} (checkpoint interval {interval}), time to resume {to_resume:.1f} s"
+    )
+    assert interval is not None and redone <= interval  # steps redone <= checkpoint interval
+    assert 0 < to_resume < 120
     assert progress_steps[restart:] == list(range(21, 61, 3))
     final = [e for e in result.events if e.kind == "final"][-1]
     baseline_final = [e for e in baseline.events if e.kind == "final"][-1]

@@ -98,6 +98,8 @@ def _load(storage: JobStorage, name: str) -> ResumePoint:
     if not storage.exists(f"{key}/{MANIFEST_FILE}"):
         raise ValueError("no manifest.json (the upload did not finish)")
     manifest = json.loads(storage.read_bytes(f"{key}/{MANIFEST_FILE}"))
+    if not storage.exists(f"{key}/{STATE_FILE}"):  # its upload failed after the manifest's went through
+        raise ValueError("no state.pt (its upload did not finish)")
     data = storage.read_bytes(f"{key}/{STATE_FILE}")
     digest = hashlib.sha256(data).hexdigest()
     if len(data) != manifest["bytes"] or digest != manifest["sha256"]:
