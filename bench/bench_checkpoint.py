@@ -4,8 +4,8 @@ The S3 server is moto's (tests/s3server.py: a subprocess on loopback, the server
 checkpoint is a trainer-shaped state (model weights, AdamW state, scheduler, scaler, step, RNG states) of
 about --mb megabytes (default 100, --full 1,000, --quick 20). Both sides start from the same state in memory:
 - save, edgetune: `checkpoint.write_checkpoint` (torch.save, sha256, manifest.json) into a temporary folder,
-  then Ray Train's own upload of that folder (`_upload_to_fs_path`: pyarrow `copy_files`, 64 MiB chunks, on
-  the job's `JobStorage` S3 filesystem), as `ray.train.report(checkpoint=...)` does in a worker;
+  then `checkpoint.upload_checkpoint` (parallel multipart, manifest last), the `checkpoint_upload_fn` that
+  rank 0 hands to `ray.train.report(checkpoint=...)`;
   baseline: `torch.save` to a file, then boto3 `upload_file` (multipart, TransferConfig below);
 - restore, edgetune: `checkpoint.find_resume_point` (list, read the manifest, read state.pt through pyarrow,
   check its sha256, `torch.load`), what every rank runs on resume;
@@ -14,15 +14,8 @@ Throughput is state.pt's bytes / seconds. Runs alternate which side goes first; 
 upload alone (no serialization, no hashing) and the HTTP requests each side sent (from the server's log)
 are recorded too.
 
-Sizes: pyarrow reads an S3 object in 256 KiB ranged GETs, and moto answers each ranged GET by reading the
-whole object, so edgetune's restore against moto costs time quadratic in the size (about 18 s at 100 MB,
-70 s at 200 MB, 30 min at 1 GB on 2 cores). Hence the default 100 MB, and --full (1 GB, one run) is long.
-A real S3 or MinIO serves a range in time proportional to the range, so this is moto's part of the cost;
-the request count (about 4 per MB, against boto3's one per 16 MiB part) is edgetune's.
-
-Goal (issue 10): save and restore throughput each >= 0.8 x raw boto3 multipart.
-
-    .venv/bin/python bench/bench_checkpoint.py [--quick | --full] [--mb N] [--repeats N]
+Restore reads each object in one GET (`storage.read_whole`); pyarrow's S3 input *stream* read 256 KiB
+ranges one after another, which made restore 40x slower than boto3 here before it was replaced.
 """
 
 from __future__ import annotations
@@ -32,7 +25,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,22 +70,6 @@ def make_state(megabytes: int) -> dict[str, Any]:
     }
 
 
-def ray_upload() -> Callable[[str, Any, str], None]:
-    """Ray Train's checkpoint upload (what `ray.train.report(checkpoint=...)` runs); a copy of it if Ray moved it."""
-    try:
-        from ray.train.v2._internal.execution.storage import _upload_to_fs_path
-
-        return _upload_to_fs_path
-    except ImportError:  # same call as Ray 2.59's: pyarrow copy_files, 64 MiB chunks, no threads for S3 uploads
-        import pyarrow.fs as pafs
-
-        def upload(local: str, filesystem: Any, path: str) -> None:
-            filesystem.create_dir(path)
-            pafs.copy_files(local, path, destination_filesystem=filesystem, use_threads=False, chunk_size=64 * MiB)
-
-        return upload
-
-
 class Sides:
     """Both ways of saving and restoring, against one server."""
 
@@ -106,7 +82,6 @@ class Sides:
         self.storage = JobStorage(StorageSpec(uri=f"s3://{BUCKET}/jobs", endpoint=endpoint), "bench", "checkpoint")
         self.client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         self.transfer = TransferConfig(**TRANSFER)
-        self.upload = ray_upload()
         self.workdir = workdir
 
     def requests(self) -> int:
@@ -120,7 +95,7 @@ class Sides:
         with tempfile.TemporaryDirectory(prefix="edgetune-ckpt-", dir=self.workdir) as folder:
             manifest = ckpt.write_checkpoint(Path(folder), {**state, "step": step})
             written = time.perf_counter()
-            self.upload(folder, self.storage.filesystem, self.storage.path(f"{ckpt.CHECKPOINTS_KEY}/{name}"))
+            ckpt.upload_checkpoint(self.storage, Path(folder), name)
         done = time.perf_counter()
         requests = self.requests() - before
         return {

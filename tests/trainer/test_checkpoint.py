@@ -16,9 +16,10 @@ from edgetune_trainer.storage import JobStorage
 pytestmark = pytest.mark.trainer
 
 
-def state(step: int) -> dict:
+def state(step: int, weights: tuple[int, ...] = (4,)) -> dict:
+    """A trainer-shaped checkpoint state whose weights all equal `step`."""
     return {
-        "model": {"w": torch.full((4,), float(step))},
+        "model": {"w": torch.full(weights, float(step))},
         "optimizer": {},
         "scheduler": {},
         "scaler": {},

@@ -83,6 +83,21 @@ def test_a_definite_answer_is_not_retried(s3_server, bucket) -> None:
     assert seconds < 1.0  # the first retry would wait 1 s
 
 
+def test_an_upload_refused_by_the_storage_fails_at_once(s3_server, bucket, tmp_path) -> None:
+    """The checkpoint upload path (boto3 multipart): no such bucket and bad credentials are answers, so
+    they fail at once naming the endpoint; a refused connection would be retried (see the outage tests)."""
+    local = tmp_path / "state.pt"
+    local.write_bytes(b"x" * 1024)
+    storage = JobStorage(StorageSpec(uri="s3://no-such-bucket/p", endpoint=s3_server.endpoint), "ns", "job")
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="NoSuchBucket") as failure:
+        storage.write_file(local, "checkpoints/c/state.pt")
+    assert s3_server.endpoint in str(failure.value) and time.monotonic() - started < 1.0
+    storage = JobStorage(StorageSpec(uri=f"s3://{bucket}/p", endpoint=s3_server.endpoint), "ns", "job")
+    storage.write_file(local, "checkpoints/c/state.pt")
+    assert storage.read_bytes("checkpoints/c/state.pt") == local.read_bytes()
+
+
 def test_missing_bucket_is_named(s3_server, tiny_bert, reviews) -> None:
     config = load_train_config(job_config("e6", "no-such-bucket", s3_server, tiny_bert, reviews))
     with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):

@@ -2,8 +2,8 @@
 (tests/faultproxy.py) that refuses connections or black-holes them, for 60 s or for good.
 
 A checkpoint is saved as rank 0 saves it in training: `checkpoint.write_checkpoint` into a local folder,
-then Ray Train's own upload (`StorageContext.persist_current_checkpoint`) through `JobStorage.filesystem`;
-the last test is a whole training run on the local Ray cluster."""
+then `checkpoint.upload_checkpoint` (the `checkpoint_upload_fn` that loop.py hands to Ray Train); the
+last test is a whole training run on the local Ray cluster."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ import pytest
 import torch
 from faultproxy import FaultProxy
 from jobconfigs import job_config
-from ray.train import Checkpoint
-from ray.train.v2._internal.execution.storage import StorageContext
+from test_checkpoint import state as checkpoint_state
 
 from edgetune_trainer import checkpoint as ckpt
 from edgetune_trainer.config import StorageSpec, load_train_config
@@ -43,33 +42,20 @@ def proxy(s3_server) -> Iterator[FaultProxy]:
 
 
 def state(step: int) -> dict:
-    return {
-        "model": {"w": torch.full((64, 1024), float(step))},  # 256 KB, so an upload is a few requests
-        "optimizer": {},
-        "scheduler": {},
-        "scaler": {},
-        "step": step,
-        "epoch": 0,
-        "batch_in_epoch": step,
-        "world_size": 1,
-        "rng": [ckpt.capture_rng()],
-    }
+    return checkpoint_state(step, (64, 1024))  # 256 KB, so an upload is a few requests
 
 
 class Saver:
-    """Saves checkpoints the way a training run does. The StorageContext is made up front, as Ray Train
-    makes it when the run starts (it writes a marker file there)."""
+    """Saves checkpoints the way rank 0 does in a training run."""
 
     def __init__(self, storage: JobStorage) -> None:
-        self.context = StorageContext(
-            storage_path=storage.path(), experiment_dir_name=ckpt.CHECKPOINTS_KEY, storage_filesystem=storage.filesystem
-        )
+        self.storage = storage
 
     def save(self, step: int) -> str:
         name = ckpt.dir_name(step, "outage")
         with tempfile.TemporaryDirectory() as folder:
             ckpt.write_checkpoint(Path(folder), state(step))
-            self.context.persist_current_checkpoint(Checkpoint.from_directory(folder), name)
+            ckpt.upload_checkpoint(self.storage, Path(folder), name)
         return name
 
 
@@ -118,11 +104,9 @@ def test_storage_gone_for_good_fails_naming_the_endpoint_and_keeps_the_last_chec
     s3_server, bucket, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Storage vanishes in the middle of a save (as the manifest goes up) and does not come back: the
-    uploads give up after the retry budget with an error naming the endpoint and the budget. The run
-    hears of it at that save, or at the latest at the next one: Ray Train uploads with
-    pyarrow.fs.copy_files, which waits for each file's close() but discards its error (pyarrow 26),
-    and the next save's first request fails the same way. The checkpoint before is still the newest
-    intact one, and loads."""
+    upload gives up after the retry budget with an error naming the endpoint and the budget, and that
+    save raises it (so Ray Train never registers the checkpoint). The checkpoint before is still the
+    newest intact one, and loads."""
     budget = 10.0
     storage = JobStorage(
         StorageSpec(uri=f"s3://{bucket}/p", endpoint=proxy.endpoint), "ns", "job", RetryPolicy(budget_s=budget)
@@ -133,18 +117,15 @@ def test_storage_gone_for_good_fails_naming_the_endpoint_and_keeps_the_last_chec
 
     proxy.cut_on(ckpt.MANIFEST_FILE.encode())
     started = time.monotonic()
-    failed_at = 30
     with pytest.raises(StorageError) as failure:
         saver.save(30)
-        failed_at = 40
-        saver.save(40)
     seconds = time.monotonic() - started
     message = str(failure.value)
     proxy.restore()
     with caplog.at_level(logging.WARNING, logger="edgetune_trainer.checkpoint"):
         point = ckpt.find_resume_point(storage)
     print(
-        f"FIGURE: storage gone for good during the step-30 save -> the step-{failed_at} save failed after "
+        f"FIGURE: storage gone for good during the step-30 save -> that save failed after "
         f"{seconds:.1f} s (retry budget {budget:.0f} s); newest intact checkpoint: "
         f"step {point.manifest['step'] if point else None}"
     )
@@ -152,7 +133,7 @@ def test_storage_gone_for_good_fails_naming_the_endpoint_and_keeps_the_last_chec
 
     assert proxy.endpoint in message and f"(bucket {bucket})" in message
     assert f"retry budget {budget:.0f} s" in message
-    assert budget <= seconds < 2 * budget + 20
+    assert budget <= seconds < budget + 35  # the budget, plus at most one try in flight
     cut_short = ckpt.dir_name(30, "outage")
     assert cut_short in ckpt.list_checkpoints(storage)  # its folder was begun...
     warnings = "\n".join(r.getMessage() for r in caplog.records)

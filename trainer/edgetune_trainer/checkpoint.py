@@ -79,6 +79,15 @@ def write_checkpoint(folder: Path, state: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+def upload_checkpoint(storage: JobStorage, folder: Path, name: str) -> str:
+    """Upload a checkpoint folder written by `write_checkpoint`: state first, manifest last, so that a
+    checkpoint without its manifest is never taken for whole. Raises StorageError when storage stays
+    unreachable past the retry budget. Returns its path on `storage.filesystem` (for Ray Train)."""
+    key = f"{CHECKPOINTS_KEY}/{name}"
+    storage.upload_dir(folder, key, last=(MANIFEST_FILE,))
+    return storage.path(key)
+
+
 @dataclass
 class ResumePoint:
     name: str

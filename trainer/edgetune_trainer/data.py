@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from edgetune_trainer.artifact import Preprocessing
 from edgetune_trainer.config import DatasetSpec, StorageSpec, TrainJobConfig, parse_s3_uri
-from edgetune_trainer.storage import make_filesystem
+from edgetune_trainer.storage import make_filesystem, read_whole
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 TABLE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
@@ -46,8 +46,7 @@ class ImageRef:
     def load(self) -> Any:
         from PIL import Image
 
-        with self.filesystem.open_input_stream(self.path) as stream:
-            return Image.open(io.BytesIO(stream.read())).convert("RGB")
+        return Image.open(io.BytesIO(read_whole(self.filesystem, self.path))).convert("RGB")
 
 
 @dataclass
@@ -98,8 +97,7 @@ def _read_table(filesystem: pafs.FileSystem, path: str, columns: list[str], sour
             schema_names = pq.read_schema(path, filesystem=filesystem).names
             _check_columns(schema_names, columns, source)
             return pq.read_table(path, filesystem=filesystem, columns=columns)
-        with filesystem.open_input_stream(path) as stream:
-            data = stream.read()
+        data = read_whole(filesystem, path)
         if suffix == ".csv":
             import pyarrow.csv as pcsv
 

@@ -299,7 +299,21 @@ class Worker:
         with tempfile.TemporaryDirectory(prefix="edgetune-ckpt-") as folder:
             manifest = ckpt.write_checkpoint(Path(folder), state)
             metrics.update(checkpoint=name, checkpoint_bytes=manifest["bytes"])
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name)
+
+            def upload(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+                # Ours, not Ray's pyarrow copy: parallel parts, manifest last, and a failure raises, so
+                # Ray never registers (nor keeps-N on account of) a checkpoint that did not land.
+                path = ckpt.upload_checkpoint(self.storage, Path(checkpoint.path), dir_name)
+                # Ray Train manages (keeps N of) checkpoints on *its* filesystem object: hand back that one.
+                run_storage = ray.train.get_context().get_storage()
+                return ray.train.Checkpoint(path=path, filesystem=run_storage.storage_filesystem)
+
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(folder),
+                checkpoint_dir_name=name,
+                checkpoint_upload_fn=upload,
+            )
         seconds = time.perf_counter() - started
         if self.metrics:
             self.metrics.record_checkpoint(seconds, manifest["bytes"])
