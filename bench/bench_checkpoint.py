@@ -2,7 +2,8 @@
 
 The S3 server is moto's (tests/s3server.py: a subprocess on loopback, the server the test tiers use). The
 checkpoint is a trainer-shaped state (model weights, AdamW state, scheduler, scaler, step, RNG states) of
-about --mb megabytes (default 100, --full 1,000, --quick 20). Both sides start from the same state in memory:
+about --mb megabytes (default 200 x 7 runs, --full 1,000 x 3, --quick 20 x 1). Both sides start from the
+same state in memory:
 - save, edgetune: `checkpoint.write_checkpoint` (torch.save, sha256, manifest.json) into a temporary folder,
   then `checkpoint.upload_checkpoint` (parallel multipart, manifest last), the `checkpoint_upload_fn` that
   rank 0 hands to `ray.train.report(checkpoint=...)`;
@@ -40,8 +41,8 @@ from edgetune_trainer.config import StorageSpec  # noqa: E402
 from edgetune_trainer.storage import JobStorage  # noqa: E402
 
 GOAL = 0.8
-MB = {"quick": 20, "default": 100, "full": 1000}
-REPEATS = {"quick": 1, "default": 3, "full": 1}
+MB = {"quick": 20, "default": 200, "full": 1000}
+REPEATS = {"quick": 1, "default": 7, "full": 3}
 BUCKET = "bench"
 MiB = 1024 * 1024
 TRANSFER = {"multipart_threshold": 8 * MiB, "multipart_chunksize": 16 * MiB, "max_concurrency": 10}
@@ -151,15 +152,12 @@ def mbps(runs: list[dict[str, float]], key: str = "seconds") -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = common.parser(__doc__)
     parser.add_argument("--mb", type=int, default=None, help="checkpoint size in MB (default 200; --full 1000)")
-    parser.add_argument("--repeats", type=int, default=None, help="saves and restores per side (default 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="saves and restores per side (default 7)")
     args = parser.parse_args(argv)
     size = common.size_name(args)
     megabytes, repeats = args.mb or MB[size], args.repeats or REPEATS[size]
     started = time.time()
     os.environ.update(CREDENTIALS)  # pyarrow and boto3 both take the server's dummy keys from the environment
-    if megabytes > 150:
-        minutes = 0.3 * (megabytes / 100) ** 2 * repeats  # moto's ranged GETs: see the docstring
-        print(f"{megabytes} MB: edgetune's restores against moto will take about {minutes:.0f} min", flush=True)
     state = make_state(megabytes)
     runs: dict[str, list[dict[str, float]]] = {
         key: [] for key in ("edgetune_save", "edgetune_restore", "boto3_save", "boto3_restore")

@@ -63,17 +63,19 @@ def restore_rng(state: dict[str, Any]) -> None:
 def write_checkpoint(folder: Path, state: dict[str, Any]) -> dict[str, Any]:
     """Write state.pt and its manifest into `folder`; return the manifest."""
     folder.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    data = buffer.getvalue()
-    (folder / STATE_FILE).write_bytes(data)
+    path = folder / STATE_FILE
+    torch.save(state, path)  # straight to the file: no in-memory copies of a model-sized buffer
+    digest = hashlib.sha256()
+    with path.open("rb") as file:  # read back from the page cache
+        while chunk := file.read(8 << 20):
+            digest.update(chunk)
     manifest = {
         "step": state["step"],
         "epoch": state["epoch"],
         "batchInEpoch": state["batch_in_epoch"],
         "worldSize": state["world_size"],
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": path.stat().st_size,
+        "sha256": digest.hexdigest(),
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, sort_keys=True))
     return manifest
