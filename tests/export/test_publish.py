@@ -147,7 +147,8 @@ class ManifestWatcher(threading.Thread):
 
     def read(self, name: str) -> bytes | None:
         try:
-            with self.storage.filesystem.open_input_stream(self.storage.path(f"{self.key}/{name}")) as stream:
+            # storage.raw: the plain S3 filesystem (storage.filesystem retries, which would hide the states)
+            with self.storage.raw.open_input_stream(self.storage.path(f"{self.key}/{name}")) as stream:
                 return stream.read()
         except OSError:  # absent (FileNotFoundError) or deleted while being read
             return None
@@ -193,7 +194,10 @@ def test_export_is_published_to_s3_with_the_manifest_last(
     watcher = ManifestWatcher(storage, key)
     watcher.start()
     report = run_target(config, config.export[0], text_model.examples, tmp_path / "work", options=FAST)
-    time.sleep(0.5)
+    new_manifest = hashlib.sha256(storage.read_bytes(f"{key}/manifest.json")).hexdigest()
+    deadline = time.monotonic() + 10  # let the watcher finish one complete read of the published export
+    while not (watcher.complete_reads and watcher.complete_reads[-1] == new_manifest) and time.monotonic() < deadline:
+        time.sleep(0.1)
     watcher.stop.set()
     watcher.join(30)
 
@@ -209,7 +213,6 @@ def test_export_is_published_to_s3_with_the_manifest_last(
     changes = [(method, path.removeprefix(prefix)) for method, path in publish if method in ("PUT", "DELETE")]
     assert changes[0] == ("DELETE", "manifest.json") and changes[-1] == ("PUT", "manifest.json"), changes
     assert ("PUT", "model.onnx") in changes
-    new_manifest = hashlib.sha256(storage.read_bytes(f"{key}/manifest.json")).hexdigest()
     assert watcher.complete_reads[0] != new_manifest and watcher.complete_reads[-1] == new_manifest  # ... the new last
     names = {info.split("/exports/edge-int8/", 1)[1] for info in _keys(storage, key)}
     assert {"model.onnx", "manifest.json", "tokenizer/tokenizer_config.json"} <= names
