@@ -138,8 +138,13 @@ class LeaseElector:
         """Block until this replica leads (True) or `stop` is set (False)."""
         log.info("waiting for Lease %s/%s as %s", self.namespace, self.name, self.identity)
         while not stop.is_set():
-            if self.try_acquire_or_renew():
-                return True
+            try:
+                if self.try_acquire_or_renew():
+                    return True
+            except LeaseForbiddenError:
+                raise
+            except Exception as err:  # the API server unreachable: keep waiting, as a follower would
+                log.warning("reading Lease %s/%s failed: %s", self.namespace, self.name, err)
             stop.wait(self.timing.retry_seconds)
         return False
 
@@ -149,7 +154,16 @@ class LeaseElector:
         def renew() -> None:
             last_renewed = time.monotonic()
             while not stop.wait(self.timing.retry_seconds):
-                if self.try_acquire_or_renew():
+                try:
+                    renewed = self.try_acquire_or_renew()
+                except LeaseForbiddenError as err:  # the Role was taken away: no renewal will work again
+                    log.error("%s", err)
+                    on_lost()
+                    return
+                except Exception as err:  # the API server unreachable (urllib3 errors are no ApiException)
+                    log.warning("renewing Lease %s/%s failed: %s", self.namespace, self.name, err)
+                    renewed = False
+                if renewed:
                     last_renewed = time.monotonic()
                 elif time.monotonic() - last_renewed > self.timing.renew_deadline_seconds:
                     log.error("lost Lease %s/%s: not renewed for %.0f s", self.namespace, self.name,

@@ -83,3 +83,17 @@ def test_a_leader_that_cannot_renew_gives_up(kube_api: kubernetes.client.ApiClie
         assert time.monotonic() - started >= FAST.renew_deadline_seconds
     finally:
         stop.set()
+
+
+def test_a_leader_cut_off_from_the_api_server_gives_up() -> None:
+    """Connection errors are no ApiException: they must count as failed renewals, not end the renewer."""
+    config = kubernetes.client.Configuration(host="https://127.0.0.1:9")  # nothing listens there
+    config.retries = False
+    with kubernetes.client.ApiClient(config) as unreachable:
+        elector = LeaseElector(unreachable, "ns", "lease", "a", FAST)
+        lost, stop = threading.Event(), threading.Event()
+        elector.keep_renewing(stop, on_lost=lost.set)
+        try:
+            assert lost.wait(FAST.renew_deadline_seconds + 3 * FAST.retry_seconds + 2)
+        finally:
+            stop.set()
