@@ -31,11 +31,12 @@ def state(step: int, weights: tuple[int, ...] = (4,)) -> dict:
     }
 
 
-def upload(storage: JobStorage, step: int, token: str = "aaaaaa") -> str:
+def upload(storage: JobStorage, step: int, token: str = "aaaaaa", weights: tuple[int, ...] = (4,)) -> str:
+    """Save a checkpoint of `state(step, weights)` as rank 0 does in training; return its name."""
     name = ckpt.dir_name(step, token)
     with tempfile.TemporaryDirectory() as folder:
-        ckpt.write_checkpoint(Path(folder), state(step))
-        storage.upload_dir(Path(folder), f"{ckpt.CHECKPOINTS_KEY}/{name}", last=(ckpt.MANIFEST_FILE,))
+        ckpt.write_checkpoint(Path(folder), state(step, weights))
+        ckpt.upload_checkpoint(storage, Path(folder), name)
     return name
 
 
@@ -70,8 +71,9 @@ def test_corrupt_and_partial_checkpoints_are_skipped_with_a_warning(storage: Job
 
 
 def test_a_checkpoint_whose_state_never_landed_is_skipped(storage: JobStorage, caplog) -> None:
-    """The manifest went up but state.pt did not (Ray Train uploads a checkpoint's files concurrently, and
-    pyarrow's copy_files does not report a failed close): skipped by name, the previous one is used."""
+    """The manifest is there but state.pt is not (a checkpoint written by an older edgetune, whose upload
+    was Ray Train's own and could lose a file unreported, or a file deleted by hand): skipped by name,
+    the previous one is used."""
     upload(storage, 10)
     orphan = upload(storage, 20)
     storage.filesystem.delete_file(storage.path(f"{ckpt.CHECKPOINTS_KEY}/{orphan}/{ckpt.STATE_FILE}"))

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import logging
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
 from faultproxy import FaultProxy
 from jobconfigs import job_config
 from test_checkpoint import state as checkpoint_state
+from test_checkpoint import upload
 
 from edgetune_trainer import checkpoint as ckpt
 from edgetune_trainer.config import StorageSpec, load_train_config
@@ -41,22 +40,15 @@ def proxy(s3_server) -> Iterator[FaultProxy]:
     proxy.stop()
 
 
+WEIGHTS = (64, 1024)  # 256 KB, so an upload is a few requests
+
+
+def save(storage: JobStorage, step: int) -> str:
+    return upload(storage, step, "outage", WEIGHTS)
+
+
 def state(step: int) -> dict:
-    return checkpoint_state(step, (64, 1024))  # 256 KB, so an upload is a few requests
-
-
-class Saver:
-    """Saves checkpoints the way rank 0 does in a training run."""
-
-    def __init__(self, storage: JobStorage) -> None:
-        self.storage = storage
-
-    def save(self, step: int) -> str:
-        name = ckpt.dir_name(step, "outage")
-        with tempfile.TemporaryDirectory() as folder:
-            ckpt.write_checkpoint(Path(folder), state(step))
-            ckpt.upload_checkpoint(self.storage, Path(folder), name)
-        return name
+    return checkpoint_state(step, WEIGHTS)
 
 
 def retry_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -73,15 +65,14 @@ def test_a_checkpoint_save_rides_out_a_60_s_outage(
     """refused: every connection refused (the server down); blackhole: connections accepted, nothing
     answered (a partition), so each request waits out pyarrow's own timeout first."""
     storage = JobStorage(StorageSpec(uri=f"s3://{bucket}/p", endpoint=proxy.endpoint), "ns", "job")
-    saver = Saver(storage)
-    saver.save(10)
+    save(storage, 10)
 
     proxy.cut() if fault == "refused" else proxy.blackhole()
     restore = threading.Timer(OUTAGE_S, proxy.restore)
     started = time.monotonic()
     restore.start()
     with caplog.at_level(logging.WARNING, logger="edgetune_trainer.storage"):
-        saved = saver.save(20)
+        saved = save(storage, 20)
     seconds = time.monotonic() - started
     restore.join()
     retries = retry_warnings(caplog)
@@ -111,14 +102,13 @@ def test_storage_gone_for_good_fails_naming_the_endpoint_and_keeps_the_last_chec
     storage = JobStorage(
         StorageSpec(uri=f"s3://{bucket}/p", endpoint=proxy.endpoint), "ns", "job", RetryPolicy(budget_s=budget)
     )
-    saver = Saver(storage)
-    saver.save(10)
-    previous = saver.save(20)
+    save(storage, 10)
+    previous = save(storage, 20)
 
     proxy.cut_on(ckpt.MANIFEST_FILE.encode())
     started = time.monotonic()
     with pytest.raises(StorageError) as failure:
-        saver.save(30)
+        save(storage, 30)
     seconds = time.monotonic() - started
     message = str(failure.value)
     proxy.restore()

@@ -1,11 +1,12 @@
 """Object storage for one job: S3-compatible (AWS, MinIO, Ceph, moto) or a local folder.
 
-One pyarrow filesystem serves everything: Ray Train writes checkpoints through it
-(`RunConfig(storage_filesystem=...)`) and edgetune reads and writes the model artifact and exports
-through it. Credentials come only from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
-or a mounted AWS profile), never from the config, and are never printed.
+Ray Train gets the job's pyarrow filesystem (`RunConfig(storage_filesystem=...)`) for its run folder;
+checkpoints, the model artifact and exports are written by edgetune (`write_file`: parallel multipart
+uploads) and read whole (`read_whole`: one GET per object). Credentials come only from the
+environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or a mounted AWS profile), never from the config,
+and are never printed.
 
-An outage is ridden out, not failed on: every operation, Ray Train's checkpoint uploads included,
+An outage is ridden out, not failed on: every operation, edgetune's and Ray Train's alike,
 retries transient errors with exponential backoff within a time budget (RetryPolicy, 180 s by
 default), then fails with one error naming the endpoint, the bucket and the budget.
 
@@ -166,9 +167,9 @@ class _SpooledUpload(io.RawIOBase):
 
 class RetryingHandler(pafs.FileSystemHandler):
     """A pyarrow filesystem (`pafs.PyFileSystem(RetryingHandler(...))`) that runs every operation of
-    `inner` under a retry policy. It is `JobStorage.filesystem`, so Ray Train's checkpoint uploads, its
-    run snapshot and keep-N deletions ride out an outage of the object store, not only edgetune's own
-    reads and writes. Uploads are spooled and sent on close, downloads read whole, so a failed try is
+    `inner` under a retry policy. It is `JobStorage.filesystem`, so what Ray Train writes itself (its run
+    snapshot, keep-N deletions) rides out an outage of the object store, not only edgetune's own reads
+    and writes. Uploads are spooled and sent on close, downloads read whole, so a failed try is
     repeated whole. A delete whose try failed after it took effect is not an error on the next try."""
 
     def __init__(self, inner: pafs.FileSystem, where: str, policy: RetryPolicy) -> None:
@@ -239,11 +240,7 @@ class RetryingHandler(pafs.FileSystemHandler):
         self._retry(lambda: self.inner.copy_file(src, dest), f"copying {src} to {dest}")
 
     def _read_whole(self, path: str) -> pa.BufferReader:
-        def read() -> bytes:
-            with self.inner.open_input_file(path) as stream:  # one GET; see read_whole
-                return stream.read()
-
-        return pa.BufferReader(self._retry(read, f"reading {path}"))
+        return pa.BufferReader(self._retry(lambda: read_whole(self.inner, path), f"reading {path}"))
 
     def open_input_stream(self, path: str) -> pa.NativeFile:
         return self._read_whole(path)
@@ -262,8 +259,8 @@ class RetryingHandler(pafs.FileSystemHandler):
             try:
                 self._retry(write, f"writing {path}")
             except StorageError as err:
-                # Said here too: pyarrow.fs.copy_files (Ray Train's checkpoint upload) waits for close()
-                # but discards its error, so its caller may never hear of it.
+                # Said here too: pyarrow.fs.copy_files waits for close() but discards its error, so a
+                # caller that copies through it (Ray Train's own writes) may never hear of it.
                 log.error("%s; the file is not in storage", err)
                 raise
 
