@@ -20,7 +20,6 @@ import operator
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -253,12 +252,6 @@ def save(data: dict[str, Any], json_out: Path | None, markdown: str = "") -> Pat
     path.with_suffix(".md").write_text(report)
     print(f"\n{data['title']}\n{table}\n\nwritten: {path} (and .md)", flush=True)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentile(values: Sequence[float], q: float) -> float:

