@@ -22,10 +22,10 @@ from edgetune_operator.status import TERMINAL_PHASES
 log = logging.getLogger("edgetune.operator")
 
 
-def _safely(reconciler: Reconciler, namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
+def _safely(reconciler: Reconciler, namespace: str, name: str) -> None:
     """Reconcile; an error is logged and left to the next event or the resync to retry."""
     try:
-        reconciler.reconcile(namespace, name, body)
+        reconciler.reconcile(namespace, name)
     except Exception:
         log.exception("reconcile of %s/%s failed; it is retried at the next event or resync", namespace, name)
 

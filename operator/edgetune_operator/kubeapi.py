@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -57,7 +58,7 @@ class Kube:
         except ApiException as err:
             if err.status == 409:
                 return False
-            if err.status == 404 and kind == "RayJob":
+            if err.status == 404 and kind == "RayJob" and not namespace_gone(err):
                 raise MissingApiError(KUBERAY_MISSING) from err
             raise
         return True
@@ -75,13 +76,15 @@ class Kube:
             return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
         return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
 
-    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> str:
-        """A merge patch of the operator's own status fields (progress is the trainer's); the new
-        resourceVersion."""
-        patched = self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
-        )
-        return str(patched["metadata"]["resourceVersion"])
+    def patch_job_status(self, job: dict[str, Any], patch: dict[str, Any]) -> None:
+        """Apply the operator's status `patch` (merge-patch form) to exactly the job that was read: see
+        `guarded_status_patch`. A 404 means the job is gone; a 422 that the name now holds another job."""
+        meta = job["metadata"]
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
+            guarded_status_patch(meta["uid"], patch, has_status="status" in job),
+            _content_type="application/json-patch+json",
+        )  # fmt: skip
 
     def list_rayjobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """The RayJobs matching `selector`; none when the API is not served (creating one then says why)."""
@@ -162,4 +165,36 @@ class Kube:
         try:
             self.core.create_namespaced_event(meta["namespace"], event)
         except ApiException as err:
-            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err.reason)
+            # A namespace deleted (or being deleted) with its jobs is no reason to alarm anyone.
+            level = logging.DEBUG if namespace_gone(err) else logging.WARNING
+            log.log(level, "could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err.reason)
+
+
+def guarded_status_patch(uid: str, patch: dict[str, Any], *, has_status: bool) -> list[dict[str, Any]]:
+    """The JSON Patch (RFC 6902) for a merge-patch of status fields that applies only to the object with `uid`.
+
+    Why not a merge patch: the status subresource ignores everything outside `status`, `metadata.uid`
+    included, so a merge patch cannot say "only if this is still the same job"; a JSON Patch `test` op can.
+    Each field is set on its own (`add` replaces a member), so the trainer's fields in between stay as they
+    are. A removal is an `add` of null followed by `remove`, which succeeds whether or not the field is
+    still there (a patch is validated once, after all of its ops)."""
+    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+    if not has_status:  # a new job: nothing of anyone's to keep yet
+        return [*ops, {"op": "add", "path": "/status", "value": {k: v for k, v in patch.items() if v is not None}}]
+    for key, value in patch.items():
+        path = "/status/" + key.replace("~", "~0").replace("/", "~1")
+        ops.append({"op": "add", "path": path, "value": value})
+        if value is None:
+            ops.append({"op": "remove", "path": path})
+    return ops
+
+
+def namespace_gone(err: ApiException) -> bool:
+    """Did the API server refuse a write because its namespace is gone or being deleted?"""
+    try:
+        details = json.loads(err.body or "{}").get("details") or {}
+    except ValueError:
+        return False
+    if err.status == 404:
+        return details.get("kind") == "namespaces"
+    return err.status == 403 and any(c.get("reason") == "NamespaceTerminating" for c in details.get("causes") or [])

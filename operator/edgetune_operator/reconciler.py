@@ -4,6 +4,14 @@ Level-based and idempotent: every trigger (a FineTuneJob, RayJob or export Job e
 resync) runs the same function, serialised per job by a lock. Child names are deterministic and creation
 treats 409 as done, so a reconcile interrupted anywhere (an operator killed mid-launch) is finished by the
 next one without a second RayJob.
+
+Two orderings keep a decision from resting on a stale view:
+- the children are read before the job, so the spec a decision uses is at least as new as the child
+  state it reacts to (a runPolicy edit made before a RayJob failed is always seen when deciding on that
+  failure);
+- every write names the job's uid (the status patch as a precondition, children as their owner), so a
+  job deleted mid-reconcile, or deleted and created again under the same name, is never written for the
+  old one. Such a reconcile ends quietly: a user deleting a job is a normal event, not an error.
 """
 
 from __future__ import annotations
@@ -11,14 +19,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from edgetune_operator.api import FineTuneJobSpec, FineTuneJobStatus, spec_problems
-from edgetune_operator.kubeapi import Kube, MissingApiError
+from edgetune_operator.kubeapi import Kube, MissingApiError, namespace_gone
 from edgetune_operator.metrics import OperatorMetrics
 from edgetune_operator.render import (
     ANNOTATION_SUSPENDED_BY,
@@ -36,6 +47,26 @@ from edgetune_operator.render import (
 from edgetune_operator.status import Decision, ExportJobView, RayJobView, decide, held, parse_time, status_patch
 
 log = logging.getLogger("edgetune.operator")
+
+
+@dataclass
+class Children:
+    """A FineTuneJob's RayJobs and export Jobs, as read before the job itself."""
+
+    rayjobs: list[dict[str, Any]]
+    export_jobs: list[dict[str, Any]]
+    export_pods: list[dict[str, Any]]
+
+    def owned_by(self, uid: str) -> Children:
+        """Only what belongs to the job with this uid (its RayJobs and export Jobs, and those Jobs' pods):
+        children of a deleted job of the same name are the garbage collector's, not this job's."""
+        export_jobs = _owned(self.export_jobs, {uid})
+        export_job_uids = {j["metadata"]["uid"] for j in export_jobs}
+        return Children(_owned(self.rayjobs, {uid}), export_jobs, _owned(self.export_pods, export_job_uids))
+
+
+def _owned(objects: list[dict[str, Any]], owners: set[str]) -> list[dict[str, Any]]:
+    return [o for o in objects if any(r.get("uid") in owners for r in o["metadata"].get("ownerReferences") or [])]
 
 
 @dataclass
@@ -58,54 +89,57 @@ class Reconciler:
         self.namespaces: list[str] = list(namespaces or [])  # empty: every namespace
         self.defaults = defaults
         self.metrics = metrics
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        # A lock lives while a reconcile holds or waits for it, so a job deleted and created again under the
+        # same name while a reconcile of the old one runs still waits for it.
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], threading.Lock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
-        self._written: dict[tuple[str, str], str] = {}  # resourceVersion of each job's last status patch
 
     @contextmanager
     def _locked(self, namespace: str, name: str) -> Iterator[None]:
         with self._locks_guard:
-            lock = self._locks.setdefault((namespace, name), threading.Lock())
+            lock = self._locks.get((namespace, name))
+            if lock is None:
+                lock = self._locks[(namespace, name)] = threading.Lock()
         with lock:
             yield
 
     def forget(self, namespace: str, name: str) -> None:
-        """The job is gone: drop its lock and its phase from the metrics."""
-        with self._locks_guard:
-            self._locks.pop((namespace, name), None)
-            self._written.pop((namespace, name), None)
-        self.metrics.jobs.set(namespace, name, None)
-
-    def reconcile(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> Decision | None:
-        """Reconcile one job; `body`, when the trigger was the job's own watch event, saves a read."""
+        """The job is gone: drop its phase from the metrics, after any reconcile of it still running (which
+        would otherwise put the phase back)."""
         with self._locked(namespace, name):
-            if body is not None and body["metadata"].get("resourceVersion") == self._written.get((namespace, name)):
-                return None  # the echo of our own status patch: nothing new to look at
+            self.metrics.jobs.set(namespace, name, None)
+
+    def reconcile(self, namespace: str, name: str) -> Decision | None:
+        """Reconcile one job; None when there is nothing to reconcile (the job is gone or being deleted)."""
+        with self._locked(namespace, name):
             started = time.perf_counter()
             try:
-                return self._reconcile(namespace, name, body)
+                return self._reconcile(namespace, name)
             finally:
                 self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
-    def _observe(self, job: dict[str, Any]) -> Observed:
-        meta = job["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
+    def _children(self, namespace: str, name: str) -> Children:
+        selector = f"{LABEL_JOB}={name}"
+        rayjobs = self.kube.list_rayjobs(namespace, selector)
+        if not any(RayJobView.from_object(r).outcome == "succeeded" for r in rayjobs):
+            return Children(rayjobs, [], [])
+        export_selector = f"{selector},{LABEL_COMPONENT}=export"
+        pods = self.kube.list_pods(namespace, export_selector)
+        return Children(rayjobs, self.kube.list_export_jobs(namespace, export_selector), pods)
+
+    def _observe(self, job: dict[str, Any], children: Children) -> Observed:
         problems = [str(p) for p in spec_problems(job.get("spec"))]
         spec = None if problems else FineTuneJobSpec.model_validate(job["spec"], by_alias=True, by_name=False)
         if spec is not None and effective_storage(spec.storage, self.defaults.storage).uri is None:
             problems = ["spec.storage.uri: not set, and the operator has no default storage (Helm value storage.uri)"]
             spec = None
         status = FineTuneJobStatus.model_validate(job.get("status") or {})
-        selector = f"{LABEL_JOB}={name}"
-        rayjobs = [RayJobView.from_object(o) for o in self.kube.list_rayjobs(namespace, selector)]
+        rayjobs = [RayJobView.from_object(o) for o in children.rayjobs]
         exports: list[ExportJobView] = []
-        if any(r.outcome == "succeeded" for r in rayjobs):
-            export_selector = f"{selector},{LABEL_COMPONENT}=export"
-            pods = self.kube.list_pods(namespace, export_selector)
-            for export_job in self.kube.list_export_jobs(namespace, export_selector):
-                job_name = export_job["metadata"]["name"]
-                owned = [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == job_name]
-                exports.append(ExportJobView.from_objects(export_job, owned))
+        for export_job in children.export_jobs:
+            job_name = export_job["metadata"]["name"]
+            owned = [p for p in children.export_pods if (p["metadata"].get("labels") or {}).get("job-name") == job_name]
+            exports.append(ExportJobView.from_objects(export_job, owned))
         return Observed(job, spec, problems, status, rayjobs, exports)
 
     def _setup_problem(self, observed: Observed) -> str | None:
@@ -117,18 +151,43 @@ class Reconciler:
             return None
         return self.kube.secret_problem(observed.job["metadata"]["namespace"], secret, CREDENTIAL_KEYS)
 
-    def _reconcile(self, namespace: str, name: str, body: dict[str, Any] | None) -> Decision | None:
-        job = body if body is not None else self.kube.get_job(namespace, name)
+    def _reconcile(self, namespace: str, name: str) -> Decision | None:
+        children = self._children(namespace, name)  # first: see the module doc
+        job = self.kube.get_job(namespace, name)
         if job is None or job["metadata"].get("deletionTimestamp"):
             return None
-        observed = self._observe(job)
+        try:
+            return self._decide_and_act(job, children.owned_by(job["metadata"]["uid"]))
+        except ApiException as err:
+            if not namespace_gone(err) and self._still_there(job):
+                raise
+            log.info("%s/%s was deleted during its reconcile; nothing more to do", namespace, name)
+            return None
+
+    def _still_there(self, job: dict[str, Any]) -> bool:
+        """Is the job we reconcile still there and not being deleted (the same object: same uid)?"""
+        meta = job["metadata"]
+        try:
+            current = self.kube.get_job(meta["namespace"], meta["name"])
+        except ApiException:
+            return True  # cannot tell: let the caller report the original error
+        return (
+            current is not None
+            and current["metadata"]["uid"] == meta["uid"]
+            and not current["metadata"].get("deletionTimestamp")
+        )
+
+    def _decide_and_act(self, job: dict[str, Any], children: Children) -> Decision:
+        meta = job["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        observed = self._observe(job, children)
         now = datetime.now(timezone.utc)
         decision = decide(
             name,
             observed.spec,
             observed.problems,
             observed.status,
-            job["metadata"].get("generation"),
+            meta.get("generation"),
             observed.rayjobs,
             observed.exports,
             now,
@@ -141,7 +200,7 @@ class Reconciler:
             decision = held(decision, observed.status, "KubeRayMissing", str(err), now)
         patch = status_patch(observed.status, decision.status)
         if patch is not None:
-            self._written[(namespace, name)] = self.kube.patch_job_status(namespace, name, patch)
+            self.kube.patch_job_status(job, patch)
         for event in decision.events:
             self.kube.post_event(job, event.type, event.reason, event.message)
             if event.reason in ("ExportSucceeded", "ExportFailed"):

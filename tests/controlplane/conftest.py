@@ -14,8 +14,11 @@ from pathlib import Path
 import kubernetes.client
 import pytest
 from ftjcluster import Cluster
+from inprocess import in_process_reconciler
 from kubeenv import REPO_ROOT, ControlPlane, ControlPlaneError, ignore_not_found, unique_name
-from operatorproc import OperatorProcess, running_operator
+from operatorproc import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, OperatorProcess, grant_operator, running_operator
+
+from edgetune_operator.reconciler import Reconciler
 
 FORBIDDEN = re.compile(r"Forbidden|\(403\)|'code': 403|status[=: ]+403")
 KUBERAY_CRDS = REPO_ROOT / "tests" / "fixtures" / "kuberay" / "v1.7.0"
@@ -85,3 +88,11 @@ def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Ite
     # "403" would also match timestamps and ports.
     assert not FORBIDDEN.search(log), "the chart's rules were not enough:\n" + log[-3000:]
     assert "Traceback" not in log, log[-5000:]
+
+
+@pytest.fixture
+def reconciler(control_plane: ControlPlane, namespace: str) -> Iterator[Reconciler]:
+    """The operator's Reconciler in-process (tests/inprocess.py), with the chart's ServiceAccount identity."""
+    grant_operator(control_plane, namespace)
+    with control_plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, create=False) as api:
+        yield in_process_reconciler(api, namespace)

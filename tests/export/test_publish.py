@@ -206,9 +206,15 @@ def test_export_is_published_to_s3_with_the_manifest_last(
     assert watcher.problems == []
     # The server's own request log gives the order: the old manifest deleted before any new file, the
     # new manifest written after all of them.
-    time.sleep(0.5)  # the access log is written after each response
     prefix = f"/{bucket}/jobs/local/export-job/{key}/"
-    served = [(method, path.split("?")[0]) for method, path in s3_server.requests() if path.startswith(prefix)]
+
+    def requests_served() -> list[tuple[str, str]]:
+        return [(method, path.split("?")[0]) for method, path in s3_server.requests() if path.startswith(prefix)]
+
+    deadline = time.monotonic() + 10  # the server logs a request after answering it: wait for the last one
+    while requests_served().count(("PUT", prefix + "manifest.json")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    served = requests_served()
     publish = served[served.index(("PUT", prefix + "manifest.json")) + 1 :]  # after the old export was set up
     changes = [(method, path.removeprefix(prefix)) for method, path in publish if method in ("PUT", "DELETE")]
     assert changes[0] == ("DELETE", "manifest.json") and changes[-1] == ("PUT", "manifest.json"), changes

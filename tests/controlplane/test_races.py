@@ -1,0 +1,145 @@
+"""Races between the operator and the people who edit or delete its jobs, forced, not waited for.
+
+The reconciler runs in-process against the real API server, as the chart's ServiceAccount, through a
+`Kube` that lets another client act between two of the operator's own API calls: after call k of one
+reconcile, for every k. So each interleaving that a loaded machine could produce by chance is produced
+on purpose, once, and its outcome asserted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import kubernetes.client
+import pytest
+from ftjcluster import GROUP, PLURAL, VERSION, Cluster, eventually, job_document
+from inprocess import calls_of_one_reconcile, kube_of
+
+from edgetune_operator.reconciler import Reconciler
+from edgetune_operator.render import LABEL_JOB
+
+pytestmark = pytest.mark.controlplane
+
+
+def children(cluster: Cluster, name: str) -> list[str]:
+    """Every object the operator creates for job `name`, as kind/name."""
+    selector = f"{LABEL_JOB}={name}"
+    found = [f"RayJob/{r['metadata']['name']}" for r in cluster.rayjobs(name)]
+    found += [f"ConfigMap/{c.metadata.name}" for c in cluster.core.list_namespaced_config_map(
+        cluster.namespace, label_selector=selector).items]  # fmt: skip
+    found += [f"ServiceAccount/{a.metadata.name}" for a in cluster.core.list_namespaced_service_account(
+        cluster.namespace, label_selector=selector).items]  # fmt: skip
+    found += [f"Role/{r.metadata.name}" for r in cluster.rbac.list_namespaced_role(
+        cluster.namespace, label_selector=selector).items]  # fmt: skip
+    return found
+
+
+def delete_job(cluster: Cluster, name: str) -> Callable[[], None]:
+    return lambda: cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, name)
+
+
+def test_a_job_deleted_at_any_point_of_its_launch_ends_the_reconcile_quietly(
+    reconciler: Reconciler, cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster.create_secret()
+    cluster.apply(job_document("probe"))
+    launch = calls_of_one_reconcile(reconciler, cluster.namespace, "probe")
+    assert launch[-1] == "patch_job_status" and "create" in launch, launch
+    names = []
+    for after in range(1, len(launch)):  # deleted right after call `after`: before every later call
+        name = f"deleted-after-{after}"
+        names.append(name)
+        cluster.apply(job_document(name))
+        kube_of(reconciler).interleave(after, delete_job(cluster, name))
+        with caplog.at_level(logging.INFO, logger="edgetune.operator"):
+            caplog.clear()
+            assert reconciler.reconcile(cluster.namespace, name) is None, launch[after - 1]
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], (launch[after - 1], caplog.text)
+        with pytest.raises(kubernetes.client.ApiException) as gone:
+            cluster.job(name)
+        assert gone.value.status == 404
+    # Whatever the launch had created before the deletion goes with the job (owner references).
+    eventually("children garbage-collected", lambda: not any(children(cluster, n) for n in names), timeout=60)
+    print(f"\nFIGURE: a launch makes {len(launch)} API calls ({', '.join(launch)}); deleted after each of the "
+          f"first {len(names)}: every reconcile ended quietly, 0 children left")  # fmt: skip
+
+
+def test_a_job_recreated_under_the_same_name_mid_reconcile_is_not_written_for_the_old_one(
+    reconciler: Reconciler, cluster: Cluster
+) -> None:
+    cluster.create_secret()
+    cluster.apply(job_document("probe"))
+    launch = calls_of_one_reconcile(reconciler, cluster.namespace, "probe")
+    name = "again"
+    cluster.apply(job_document(name))
+    old_uid = cluster.job(name)["metadata"]["uid"]
+
+    def recreate() -> None:
+        delete_job(cluster, name)()
+        cluster.apply(job_document(name, backoffLimit=3))
+
+    # Right before the status patch: the old job's decision is made and its children created.
+    kube_of(reconciler).interleave(launch.index("patch_job_status"), recreate)
+    assert reconciler.reconcile(cluster.namespace, name) is None
+    new = cluster.job(name)
+    assert new["metadata"]["uid"] != old_uid
+    assert "status" not in new  # nothing of the old job's reconcile was written onto the new one
+
+    # The new job launches with children of its own once the old ones are garbage-collected.
+    def launched_for_new() -> bool:
+        reconciler.reconcile(cluster.namespace, name)
+        owners = [r["metadata"]["ownerReferences"][0]["uid"] for r in cluster.rayjobs(name)]
+        return owners == [new["metadata"]["uid"]] and cluster.status(name).get("attempt") == 1
+
+    eventually("the new job's own RayJob", launched_for_new, timeout=60)
+    config = cluster.core.read_namespaced_config_map(f"{name}-a1-config", cluster.namespace)
+    assert config.metadata.owner_references[0].uid == new["metadata"]["uid"]
+
+
+def test_a_run_policy_edit_racing_a_failure_is_always_seen(reconciler: Reconciler, cluster: Cluster) -> None:
+    """A user sets backoffLimit 0 and then the running attempt fails, both while a reconcile is running,
+    between any two of its calls: the failure must be final (one RayJob), never retried on the old limit."""
+    cluster.create_secret()
+
+    def running_job(name: str) -> None:
+        cluster.apply(job_document(name, backoffLimit=2))
+        reconciler.reconcile(cluster.namespace, name)  # launches attempt 1
+        cluster.play_kuberay(f"{name}-a1", "Running", "RUNNING")
+        reconciler.reconcile(cluster.namespace, name)  # Running
+
+    running_job("probe")
+    steady = calls_of_one_reconcile(reconciler, cluster.namespace, "probe")
+    for after in range(1, len(steady) + 1):
+        name = f"edited-after-{after}"
+        running_job(name)
+
+        def edit_then_fail(name: str = name) -> None:
+            patch = {"spec": {"runPolicy": {"backoffLimit": 0}}}
+            cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, name, patch)
+            cluster.play_kuberay(f"{name}-a1", "Failed", "FAILED", "AppFailed", "boom")
+
+        kube_of(reconciler).interleave(after, edit_then_fail)
+        reconciler.reconcile(cluster.namespace, name)
+        reconciler.reconcile(cluster.namespace, name)  # the reconcile of the next event
+        status = cluster.status(name)
+        assert [r["metadata"]["name"] for r in cluster.rayjobs(name)] == [f"{name}-a1"], (steady[after - 1], status)
+        assert status["phase"] == "Failed", (steady[after - 1], status)
+        failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+        assert failed["reason"] == "BackoffLimitExceeded", failed
+
+
+def test_a_namespace_deleted_mid_launch_ends_the_reconcile_quietly(
+    reconciler: Reconciler, cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Creating a child in a namespace being deleted is refused (403, NamespaceTerminating) while the job
+    itself may still be there: that, too, is the job going away, not an error."""
+    cluster.create_secret()
+    cluster.apply(job_document("probe"))
+    launch = calls_of_one_reconcile(reconciler, cluster.namespace, "probe")
+    cluster.apply(job_document("doomed"))
+    kube_of(reconciler).interleave(launch.index("create"), lambda: cluster.core.delete_namespace(cluster.namespace))
+    with caplog.at_level(logging.INFO, logger="edgetune.operator"):
+        assert reconciler.reconcile(cluster.namespace, "doomed") is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "deleted during its reconcile" in caplog.text
