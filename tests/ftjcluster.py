@@ -71,6 +71,11 @@ class Cluster:
         items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
         return [(e.type, e.reason) for e in items]
 
+    def has_events(self, name: str, *expected: tuple[str, str]) -> None:
+        """Wait for these (type, reason) events on `name`: the operator posts events from a thread of its
+        own after the status patch, so a status already seen does not mean its event is there yet."""
+        eventually(f"events {expected} on {name}", lambda: set(expected) <= set(self.events(name)))
+
 
 def eventually(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout
