@@ -89,7 +89,7 @@ def eventually(what: str, check: Callable[[], Any], timeout: float = 30.0) -> An
 
 
 def phase_is(cluster: Cluster, name: str, phase: str) -> Callable[[], Any]:
-    return lambda: cluster.status(name) if cluster.status(name).get("phase") == phase else None
+    return lambda: status if (status := cluster.status(name)).get("phase") == phase else None
 
 
 def can(api: kubernetes.client.ApiClient, user: str, verb: str, group: str, resource: str, namespace: str = "",
@@ -104,3 +104,13 @@ def can(api: kubernetes.client.ApiClient, user: str, verb: str, group: str, reso
     attributes = {"verb": verb, "group": group, "resource": resource, "subresource": subresource, "name": name}
     review = {"spec": {"user": user, "groups": groups, "resourceAttributes": {**attributes, "namespace": namespace}}}
     return bool(kubernetes.client.AuthorizationV1Api(api).create_subject_access_review(review).status.allowed)
+
+
+def wait_allowed(api: kubernetes.client.ApiClient, user: str, checks: list[tuple[str, str, str, str, str]]) -> None:
+    """Wait until the API server's authorizer allows each (verb, group, resource, namespace, name) for `user`.
+    RBAC objects reach the authorizer through an informer, a moment after they are written: a request
+    made right after a Role is created can still be refused."""
+    eventually(
+        f"RBAC for {user} in effect",
+        lambda: all(can(api, user, verb, group, resource, ns, name) for verb, group, resource, ns, name in checks),
+    )

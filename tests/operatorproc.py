@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes.client
+from ftjcluster import wait_allowed
 from helmtool import kubectl_apply, template
 from kubeenv import ControlPlane, free_ports
 from kubernetes.client.exceptions import ApiException
+
+from edgetune_operator.rbac import operator_rules
 
 OPERATOR_NAMESPACE = "edgetune-system"  # the release namespace of `helm install edgetune`
 OPERATOR_ACCOUNT = "edgetune-operator"  # the chart's ServiceAccount for release "edgetune"
@@ -42,6 +45,16 @@ def grant_operator(plane: ControlPlane, namespace: str, values: dict[str, Any] |
     )
     assert {d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount"} == {OPERATOR_ACCOUNT}
     kubectl_apply(plane.kubeconfig, documents)
+    user = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
+    checks = [
+        (verb, group, resource, namespace, "")
+        for rule in operator_rules()
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    ]
+    with plane.api_client() as admin:
+        wait_allowed(admin, user, checks)
 
 
 class OperatorProcess:

@@ -176,12 +176,20 @@ class LeaseElector:
         return thread
 
     def release(self) -> None:
-        """On a clean exit, let a follower take over at once instead of after `lease_seconds`."""
-        try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
-            if lease.spec and lease.spec.holder_identity == self.identity:
+        """On a clean exit, let a follower take over at once instead of after `lease_seconds`. Call it after
+        the renewer has stopped (`keep_renewing`'s thread joined), or a last renewal could undo it."""
+        for _ in range(5):  # a conflict means the Lease changed under us: read it again and retry
+            try:
+                lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+                if not lease.spec or lease.spec.holder_identity != self.identity:
+                    return
                 body = {"metadata": {"resourceVersion": lease.metadata.resource_version},
                         "spec": {"holderIdentity": None, "renewTime": None, "acquireTime": None}}  # fmt: skip
                 self.coordination.patch_namespaced_lease(self.name, self.namespace, body)
-        except ApiException as err:
-            log.warning("releasing Lease %s/%s failed: %s %s", self.namespace, self.name, err.status, err.reason)
+                return
+            except ApiException as err:
+                if err.status != 409:
+                    log.warning("releasing Lease %s/%s failed: %s %s", self.namespace, self.name, err.status,
+                                err.reason)  # fmt: skip
+                    return
+        log.warning("releasing Lease %s/%s failed: it kept changing", self.namespace, self.name)

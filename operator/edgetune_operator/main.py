@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     api = api_client(args.kubeconfig)
     stop_leading = threading.Event()
     elector = leader_elector(args, api) if args.leader_elect else None
+    renewer: threading.Thread | None = None
     if elector is not None:
         try:
             with standby_health(args.health_port):
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("edgetune.leader").error("%s", err)
             return 1
         # A leader that cannot renew must stop at once: another replica takes over after the Lease expires.
-        elector.keep_renewing(stop_leading, on_lost=lambda: os._exit(1))
+        renewer = elector.keep_renewing(stop_leading, on_lost=lambda: os._exit(1))
     metrics = OperatorMetrics()
     namespaces = [] if args.all_namespaces else list(args.namespaces)
     reconciler = Reconciler(Kube(api), defaults_from(args), metrics, namespaces)
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         stop_resync.set()
         stop_leading.set()
         if elector is not None:
+            if renewer is not None:
+                renewer.join(timeout=10)  # a renewal still in flight would otherwise re-take the released Lease
             elector.release()
     return 0
 

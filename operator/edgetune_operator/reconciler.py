@@ -9,6 +9,8 @@ Two orderings keep a decision from resting on a stale view:
 - the children are read before the job, so the spec a decision uses is at least as new as the child
   state it reacts to (a runPolicy edit made before a RayJob failed is always seen when deciding on that
   failure);
+- a launch, which cannot be undone, first checks that the job's generation is still the one it decided
+  with (the Secret is read after the job, and a user may edit the spec in between);
 - every write names the job's uid (the status patch as a precondition, children as their owner), so a
   job deleted mid-reconcile, or deleted and created again under the same name, is never written for the
   old one. Such a reconcile ends quietly: a user deleting a job is a normal event, not an error.
@@ -49,6 +51,11 @@ from edgetune_operator.status import Decision, ExportJobView, RayJobView, decide
 log = logging.getLogger("edgetune.operator")
 
 
+class StaleViewError(Exception):
+    """What this reconcile read is no longer the world (the job changed or went, or children of an earlier
+    job of its name are still there): its decision is void, and a later reconcile decides again."""
+
+
 @dataclass
 class Children:
     """A FineTuneJob's RayJobs and export Jobs, as read before the job itself."""
@@ -63,6 +70,11 @@ class Children:
         export_jobs = _owned(self.export_jobs, {uid})
         export_job_uids = {j["metadata"]["uid"] for j in export_jobs}
         return Children(_owned(self.rayjobs, {uid}), export_jobs, _owned(self.export_pods, export_job_uids))
+
+    def foreign_rayjobs(self, uid: str) -> list[str]:
+        """RayJobs labelled with this job's name that another job (a deleted one of the same name) owns."""
+        mine = {r["metadata"]["uid"] for r in _owned(self.rayjobs, {uid})}
+        return [r["metadata"]["name"] for r in self.rayjobs if r["metadata"]["uid"] not in mine]
 
 
 def _owned(objects: list[dict[str, Any]], owners: set[str]) -> list[dict[str, Any]]:
@@ -157,7 +169,10 @@ class Reconciler:
         if job is None or job["metadata"].get("deletionTimestamp"):
             return None
         try:
-            return self._decide_and_act(job, children.owned_by(job["metadata"]["uid"]))
+            return self._decide_and_act(job, children)
+        except StaleViewError as why:
+            log.info("%s/%s: not acting: %s; deciding again at the next event or resync", namespace, name, why)
+            return None
         except ApiException as err:
             if not namespace_gone(err) and self._still_there(job):
                 raise
@@ -177,10 +192,10 @@ class Reconciler:
             and not current["metadata"].get("deletionTimestamp")
         )
 
-    def _decide_and_act(self, job: dict[str, Any], children: Children) -> Decision:
+    def _decide_and_act(self, job: dict[str, Any], all_children: Children) -> Decision:
         meta = job["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        observed = self._observe(job, children)
+        observed = self._observe(job, all_children.owned_by(meta["uid"]))
         now = datetime.now(timezone.utc)
         decision = decide(
             name,
@@ -193,6 +208,11 @@ class Reconciler:
             now,
             setup_problem=self._setup_problem(observed),
         )
+        leftovers = all_children.foreign_rayjobs(meta["uid"])
+        if decision.create_attempt is not None and leftovers:
+            # Children of a deleted job of the same name: creating ours now would collide with them by name
+            # (409, taken for "done") while the garbage collector removes them. The resync tries again.
+            raise StaleViewError(f"RayJob(s) {', '.join(leftovers)} of an earlier job of this name still exist")
         try:
             self._act(observed, decision, now)
         except MissingApiError as err:
@@ -229,11 +249,25 @@ class Reconciler:
                 if target.name in decision.create_exports:
                     self.kube.create(render_export_job(ref, spec, target, decision.export_attempt, self.defaults))
 
+    def _confirm_spec(self, meta: dict[str, Any]) -> None:
+        """A launch cannot be undone: make it only with the newest spec. The reads after the job's (the
+        Secret's) may have taken long enough for the user to edit it; if so, the edit's own event brings
+        a reconcile that decides again."""
+        current = self.kube.get_job(meta["namespace"], meta["name"])
+        if current is None or current["metadata"]["uid"] != meta["uid"]:
+            raise StaleViewError("the job went away since it was read")
+        if current["metadata"].get("generation") != meta.get("generation"):
+            raise StaleViewError(
+                f"its spec changed since it was read (generation {meta.get('generation')} -> "
+                f"{current['metadata'].get('generation')})"
+            )
+
     def _launch(
         self, ref: JobRef, spec: FineTuneJobSpec, decision: Decision, now: datetime, meta: dict[str, Any]
     ) -> None:
         attempt = decision.create_attempt
         assert attempt is not None
+        self._confirm_spec(meta)
         for obj in render_trainer_rbac(ref):
             self.kube.create(obj)
         self.kube.create(render_config_map(ref, spec, attempt, self.defaults))

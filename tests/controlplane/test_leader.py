@@ -73,7 +73,10 @@ def test_racing_candidates_never_both_win(kube_api: kubernetes.client.ApiClient,
 
 def test_a_leader_that_cannot_renew_gives_up(kube_api: kubernetes.client.ApiClient, namespace: str) -> None:
     a, b = electors(kube_api, namespace, "a", "b")
-    assert b.try_acquire_or_renew()  # b holds a live Lease, so a's renewals fail from the start
+    # b holds a Lease that outlives the test (nobody renews it), so a's renewals fail from the start and a
+    # stalled a cannot find it expired and take it over.
+    b.timing = LeaseTiming(lease_seconds=600, renew_deadline_seconds=2, retry_seconds=0.5)
+    assert b.try_acquire_or_renew()
     lost = threading.Event()
     stop = threading.Event()
     started = time.monotonic()

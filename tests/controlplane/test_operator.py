@@ -10,7 +10,7 @@ from pathlib import Path
 
 import kubernetes.client
 import pytest
-from ftjcluster import GROUP, PLURAL, VERSION, Cluster, eventually, job_document, phase_is
+from ftjcluster import GROUP, PLURAL, VERSION, Cluster, eventually, job_document, phase_is, wait_allowed
 from kubeenv import ControlPlane
 from operatorproc import OperatorProcess, running_operator
 
@@ -76,6 +76,9 @@ def test_lifecycle_retry_resume_export_succeeded(
     eventually("Running", phase_is(cluster, "bert", "Running"))
 
     # The Ray driver reports progress with the per-job identity the operator created, and nothing more.
+    with control_plane.api_client() as admin:
+        user = f"system:serviceaccount:{cluster.namespace}:bert-trainer"
+        wait_allowed(admin, user, [("patch", GROUP, "finetunejobs/status", cluster.namespace, "bert")])
     with control_plane.service_account_client(cluster.namespace, "bert-trainer", create=False) as trainer_api:
         trainer = kubernetes.client.CustomObjectsApi(trainer_api)
         checkpoint = "s3://edgetune/jobs/" + cluster.namespace + "/bert/checkpoints/checkpoint_000020-ab12cd"
@@ -192,6 +195,9 @@ def test_operator_killed_mid_launch_never_duplicates(
             first.start(wait=False)
         first.wait_healthy()
         eventually("attempt 2 of the failed ones", lambda: all(len(cluster.rayjobs(n)) == 2 for n in names[:6]), 60)
+        expected = {n: 2 if n in names[:6] else 1 for n in names}
+        eventually("status.attempt of every job", lambda: all(cluster.status(n).get("attempt") == a
+                                                              for n, a in expected.items()), 60)  # fmt: skip
         time.sleep(4)  # a resync period: nothing more may appear
         for name in names:
             attempts = [r["metadata"]["labels"]["edgetune.dev/attempt"] for r in cluster.rayjobs(name)]

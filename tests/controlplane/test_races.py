@@ -8,6 +8,7 @@ on purpose, once, and its outcome asserted.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
@@ -86,13 +87,16 @@ def test_a_job_recreated_under_the_same_name_mid_reconcile_is_not_written_for_th
     assert new["metadata"]["uid"] != old_uid
     assert "status" not in new  # nothing of the old job's reconcile was written onto the new one
 
-    # The new job launches with children of its own once the old ones are garbage-collected.
-    def launched_for_new() -> bool:
-        reconciler.reconcile(cluster.namespace, name)
-        owners = [r["metadata"]["ownerReferences"][0]["uid"] for r in cluster.rayjobs(name)]
-        return owners == [new["metadata"]["uid"]] and cluster.status(name).get("attempt") == 1
-
-    eventually("the new job's own RayJob", launched_for_new, timeout=60)
+    # While the old job's RayJob is still there (the garbage collector has not removed it yet), the new
+    # job does not launch: its children would collide with the old ones by name.
+    if cluster.rayjobs(name):
+        assert reconciler.reconcile(cluster.namespace, name) is None
+        assert "status" not in cluster.job(name)
+    # Once every old child is gone, the new job launches with children of its own.
+    eventually("the old job's children garbage-collected", lambda: not children(cluster, name), timeout=60)
+    reconciler.reconcile(cluster.namespace, name)
+    owners = [r["metadata"]["ownerReferences"][0]["uid"] for r in cluster.rayjobs(name)]
+    assert owners == [new["metadata"]["uid"]] and cluster.status(name)["attempt"] == 1
     config = cluster.core.read_namespaced_config_map(f"{name}-a1-config", cluster.namespace)
     assert config.metadata.owner_references[0].uid == new["metadata"]["uid"]
 
@@ -143,3 +147,37 @@ def test_a_namespace_deleted_mid_launch_ends_the_reconcile_quietly(
         assert reconciler.reconcile(cluster.namespace, "doomed") is None
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert "deleted during its reconcile" in caplog.text
+
+
+def test_a_spec_edit_racing_the_launch_is_what_launches(reconciler: Reconciler, cluster: Cluster) -> None:
+    """A job waits for its Secret; the user edits the spec and creates the Secret, both between two of the
+    calls of a reconcile: what launches is the edited spec, whichever two calls the edit fell between."""
+    waiting = calls_of_one_reconcile_of_a_waiting_job(reconciler, cluster)
+    for after in range(1, len(waiting) + 1):
+        name, secret = f"edited-{after}", f"s3-{after}"
+        document = job_document(name)
+        document["spec"]["storage"]["credentialsSecret"] = secret
+        cluster.apply(document)
+        reconciler.reconcile(cluster.namespace, name)  # Pending: no Secret yet
+
+        def edit_and_create_secret(name: str = name, secret: str = secret) -> None:
+            patch = {"spec": {"training": {"epochs": 5}}}
+            cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, name, patch)
+            cluster.create_secret(secret)
+
+        kube_of(reconciler).interleave(after, edit_and_create_secret)
+        reconciler.reconcile(cluster.namespace, name)
+        reconciler.reconcile(cluster.namespace, name)  # the reconcile of the edit's event
+        config = cluster.core.read_namespaced_config_map(f"{name}-a1-config", cluster.namespace)
+        epochs = json.loads(config.data["trainer-config.json"])["training"]["epochs"]
+        assert epochs == 5, (waiting[after - 1], epochs)
+
+
+def calls_of_one_reconcile_of_a_waiting_job(reconciler: Reconciler, cluster: Cluster) -> list[str]:
+    document = job_document("probe-waiting")
+    document["spec"]["storage"]["credentialsSecret"] = "never-created"
+    cluster.apply(document)
+    reconciler.reconcile(cluster.namespace, "probe-waiting")
+    waiting = calls_of_one_reconcile(reconciler, cluster.namespace, "probe-waiting")
+    assert "secret_problem" in waiting and "create" not in waiting, waiting
+    return waiting

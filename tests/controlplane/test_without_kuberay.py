@@ -46,4 +46,6 @@ def test_missing_kuberay_is_a_condition_not_a_crash(plane_without_kuberay: Contr
             assert operator.process is not None and operator.process.poll() is None
 
             plane.install_crds([RAYJOB_CRD])
+            # The CRD is Established, but the API server may serve its resource a moment later (404 until then).
+            plane.wait_for("RayJobs served", lambda: cluster.rayjobs("bert") is not None)
             eventually("RayJob once KubeRay is there", lambda: cluster.rayjobs("bert"), timeout=30)
