@@ -76,7 +76,10 @@ def test_a_job_recreated_under_the_same_name_mid_reconcile_is_not_written_for_th
     cluster.apply(job_document(name))
     old_uid = cluster.job(name)["metadata"]["uid"]
 
+    hold = {"metadata": {"finalizers": ["edgetune.test/hold"]}}  # keeps the old RayJob until the test lets go
+
     def recreate() -> None:
+        cluster.custom.patch_namespaced_custom_object("ray.io", "v1", cluster.namespace, "rayjobs", f"{name}-a1", hold)
         delete_job(cluster, name)()
         cluster.apply(job_document(name, backoffLimit=3))
 
@@ -87,11 +90,12 @@ def test_a_job_recreated_under_the_same_name_mid_reconcile_is_not_written_for_th
     assert new["metadata"]["uid"] != old_uid
     assert "status" not in new  # nothing of the old job's reconcile was written onto the new one
 
-    # While the old job's RayJob is still there (the garbage collector has not removed it yet), the new
-    # job does not launch: its children would collide with the old ones by name.
-    if cluster.rayjobs(name):
-        assert reconciler.reconcile(cluster.namespace, name) is None
-        assert "status" not in cluster.job(name)
+    # While the old job's RayJob is still there (held by the test's finalizer, as a slow garbage collector
+    # would leave it), the new job does not launch: its children would collide with the old ones by name.
+    assert reconciler.reconcile(cluster.namespace, name) is None
+    assert "status" not in cluster.job(name)
+    release = {"metadata": {"finalizers": None}}
+    cluster.custom.patch_namespaced_custom_object("ray.io", "v1", cluster.namespace, "rayjobs", f"{name}-a1", release)
     # Once every old child is gone, the new job launches with children of its own.
     eventually("the old job's children garbage-collected", lambda: not children(cluster, name), timeout=60)
     reconciler.reconcile(cluster.namespace, name)
