@@ -22,6 +22,7 @@ lint: setup
 	.venv/bin/ruff format --check .
 
 test: setup k8s tools lint
+	cd hack/runc-fit && GOWORK=off GOFLAGS=-mod=readonly go test ./...
 	$(PY) -m pytest
 
 crd: setup
@@ -33,6 +34,12 @@ chart: crd
 
 lock:
 	./hack/lock.sh
+
+# End to end on kind (hack/e2e-kind.sh): needs a Docker engine; every image is pulled, or built here where
+# no registry answers (hack/images/). Not yet part of `make test`: see README "End to end on kind".
+.PHONY: e2e
+e2e: setup k8s tools
+	./hack/e2e-kind.sh
 
 # Benchmarks (bench/run_all.py): edgetune vs its baselines, same run; results in bench/results/<time>/.
 .PHONY: bench bench-full

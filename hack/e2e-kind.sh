@@ -1,52 +1,59 @@
 #!/usr/bin/env bash
-# End to end on kind: a real cluster, real images, KubeRay, the edgetune chart with MinIO, and the
-# quickstart FineTuneJob trained by Ray Train and exported to the edge node.
+# End to end on kind, the user's path asserted at each step: a kind cluster from kind-config.yaml, KubeRay's
+# real Helm chart, `helm install charts/edgetune` (MinIO on), `kubectl apply -f examples/quickstart-kind.yaml`,
+# Ray head and workers as pods on the training pool training with DDP over the pod network, checkpoints in
+# MinIO, progress in `kubectl get ftj`, the export Job on the edge node, phase Succeeded with its exports,
+# and metrics scraped from the operator and a worker while it trains. Then faults on real pods (a Ray worker
+# pod, the operator pod, MinIO's pod for a minute), each with what it cost.
 #
-#   hack/e2e-kind.sh                     (from anywhere; needs docker with a reachable engine, kind, helm, kubectl)
+#   hack/e2e-kind.sh          (make e2e; needs a Docker engine; kind, helm and kubectl are fetched if absent)
 #
-# Steps: kind cluster from kind-config.yaml -> build edgetune/operator:e2e and edgetune/trainer:e2e and
-# load them into the nodes -> KubeRay operator (Helm) -> edgetune (charts/edgetune, minio.enabled=true,
-# watching $NAMESPACE) -> upload examples/quickstart/ to s3://edgetune/quickstart/ in MinIO -> apply
-# examples/quickstart-kind.yaml -> wait for phase Succeeded -> print .status.exports and the export's
-# manifest.json. On failure: describe, events, operator / KubeRay / job pod logs, RayJobs and pods.
-# The cluster is deleted on exit unless KEEP_CLUSTER=1 (a cluster that already existed is reused and kept).
+# Images: every image is used under its official name. One that is not in the local engine is pulled; where
+# no registry answers, hack/images/ builds it here (see hack/images/lib.sh). edgetune's own images are built
+# from operator/Dockerfile and trainer/Dockerfile, each rebuilt only when its inputs change.
 #
 # Environment:
-#   CLUSTER          kind cluster name (edgetune-e2e)
-#   KEEP_CLUSTER     1: keep the cluster (and its kubeconfig) after the run
-#   NAMESPACE        namespace of the FineTuneJob, watched by the operator (default)
-#   RELEASE_NS       namespace of the edgetune release and MinIO (edgetune-system)
-#   KUBERAY_VERSION  KubeRay operator chart version (1.7.0)
-#   JOB_TIMEOUT      seconds to wait for the FineTuneJob to succeed (1800)
-#   KIND_NODE_IMAGE  e.g. kindest/node:v1.35.x (default: the kind release's default)
-#   TORCH_INDEX_URL  extra pip index for torch in the trainer image; default the CPU wheels
-#                    (https://download.pytorch.org/whl/cpu: kind has no GPUs, and the image is GBs
-#                    smaller); set it empty to take torch (with CUDA) from PyPI
-#   PYTHON           a Python with boto3 for the upload (default: .venv/bin/python, then python3)
-#   MINIO_LOCAL_PORT local port for `kubectl port-forward` to MinIO (19000)
-#   SKIP_BUILD       1: do not build the images (they must exist locally already)
-#   POLL_SECONDS     how often the job's status is polled while waiting (10)
-#
-# Resources: the job asks for a Ray head (1 CPU, 2Gi), 2 workers (1 CPU, 2Gi each) and an export pod
-# (1 CPU, 2Gi) on top of KubeRay and MinIO: give Docker at least 4 CPUs and 10 GB of memory.
+#   CLUSTER            kind cluster name (edgetune-e2e)
+#   KEEP_CLUSTER       1: keep the cluster (and its kubeconfig) after the run
+#   NAMESPACE          namespace of the FineTuneJobs, watched by the operator (default)
+#   RELEASE_NS         namespace of the edgetune release and MinIO (edgetune-system)
+#   KIND_NODE_IMAGE    node image (kindest/node:v1.35.4: the Kubernetes of the project's tools and tests)
+#   KUBERAY_VERSION    KubeRay operator version (1.6.2)
+#   KUBERAY_CHART      KubeRay's chart: a folder, or empty for the kuberay Helm repository at KUBERAY_VERSION
+#                      (default: ../shared/kuberay/v1.6.2/chart/kuberay-operator when that folder exists)
+#   E2E_TIMEOUT        seconds for the whole run before it fails with the step it was in (2400)
+#   E2E_FAULTS         0: skip the fault phase (1)
+#   JOB_TIMEOUT        seconds to wait for each FineTuneJob to succeed (900)
+#   TORCH_INDEX_URL    extra pip index for torch in the trainer image (empty: PyPI)
+#   PYTHON             a Python with boto3, for the MinIO upload (default: .venv/bin/python, then python3)
+#   MINIO_LOCAL_PORT   local port for `kubectl port-forward` to MinIO (19000)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+user_kuberay_version=${KUBERAY_VERSION:-}
+source hack/images/versions.sh
+KUBERAY_VERSION=${user_kuberay_version:-$KUBERAY_VERSION}
+KUBERAY_VERSION=v${KUBERAY_VERSION#v}   # 1.6.2 or v1.6.2: the image tag has the v, the chart version not
 
 CLUSTER=${CLUSTER:-edgetune-e2e}
 KEEP_CLUSTER=${KEEP_CLUSTER:-0}
 NAMESPACE=${NAMESPACE:-default}
 RELEASE_NS=${RELEASE_NS:-edgetune-system}
-KUBERAY_VERSION=${KUBERAY_VERSION:-1.7.0}
-JOB_TIMEOUT=${JOB_TIMEOUT:-1800}
-KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-}
-TORCH_INDEX_URL=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
+KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-kindest/node:$K8S_VERSION}
+SHARED_KUBERAY_CHART=$ROOT/../shared/kuberay/v${KUBERAY_VERSION#v}/chart/kuberay-operator
+if [[ -z ${KUBERAY_CHART+set} ]]; then
+  if [[ -d $SHARED_KUBERAY_CHART ]]; then KUBERAY_CHART=$SHARED_KUBERAY_CHART; else KUBERAY_CHART=; fi
+fi
+E2E_TIMEOUT=${E2E_TIMEOUT:-2400}
+E2E_FAULTS=${E2E_FAULTS:-1}
+JOB_TIMEOUT=${JOB_TIMEOUT:-900}
+TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
 MINIO_LOCAL_PORT=${MINIO_LOCAL_PORT:-19000}
-SKIP_BUILD=${SKIP_BUILD:-0}
 
-JOB_NAME=quickstart-kind   # metadata.name of $JOB_FILE (examples are named after their file)
 JOB_FILE=examples/quickstart-kind.yaml
+JOB_NAME=quickstart-kind   # metadata.name of $JOB_FILE
+FAULT_JOB=quickstart-kind-faults
 OPERATOR_IMAGE=edgetune/operator:e2e
 TRAINER_IMAGE=edgetune/trainer:e2e
 MINIO_SERVICE=edgetune-minio
@@ -56,79 +63,86 @@ PREFIX=quickstart
 
 # Our own kubeconfig: the run never touches ~/.kube/config or the current context.
 WORK_DIR=$ROOT/.edgetune/e2e
+mkdir -p "$WORK_DIR"
 export KUBECONFIG=$WORK_DIR/kubeconfig-$CLUSTER
 
+STEP=starting
+STEP_START=$SECONDS
+TIMINGS=()
 log() { printf '\n==> %s\n' "$*"; }
 die() {
   printf 'e2e-kind: %s\n' "$*" >&2
   exit 1
 }
+step() {  # step NAME: close the previous step's timing and start this one
+  [[ $STEP == starting ]] || TIMINGS+=("$(printf '%5d s  %s' $((SECONDS - STEP_START)) "$STEP")")
+  STEP=$1
+  STEP_START=$SECONDS
+  log "$STEP"
+}
 
 # --- prerequisites, all checked before anything is created -----------------------------------------
 
-need() {
-  command -v "$1" > /dev/null 2>&1 || die "'$1' is not on PATH: $2"
-}
-need docker "install Docker (https://docs.docker.com/engine/install/)"
-need kind "install kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation)"
-need helm "install Helm 3.8+ (https://helm.sh/docs/intro/install/, or hack/fetch-helm.sh)"
-need kubectl "install kubectl (https://kubernetes.io/docs/tasks/tools/, or hack/fetch-helm.sh)"
+command -v docker > /dev/null || die "'docker' is not on PATH: install Docker (https://docs.docker.com/engine/install/)"
 if ! docker_error=$(docker info 2>&1 > /dev/null); then
   die "the Docker engine is not reachable ('docker info' failed): start the daemon or set DOCKER_HOST.
 ${docker_error}"
 fi
+command -v kind > /dev/null || PATH=$(hack/fetch-kind.sh | tail -1):$PATH
+command -v helm > /dev/null && command -v kubectl > /dev/null || PATH=$(hack/fetch-helm.sh | tail -1):$PATH
 if [[ -z ${PYTHON:-} ]]; then
   if [[ -x $ROOT/.venv/bin/python ]]; then PYTHON=$ROOT/.venv/bin/python; else PYTHON=python3; fi
 fi
 "$PYTHON" -c "import boto3" 2> /dev/null \
   || die "'$PYTHON' cannot import boto3 (needed to upload the quickstart to MinIO): run 'make setup' or set PYTHON"
-[[ -f charts/edgetune/Chart.yaml ]] || die "charts/edgetune/Chart.yaml is missing"
 [[ -d examples/quickstart/tiny-bert && -f examples/quickstart/reviews.jsonl ]] \
   || die "examples/quickstart/ is incomplete (tiny-bert/ and reviews.jsonl)"
-[[ $JOB_TIMEOUT =~ ^[0-9]+$ ]] || die "JOB_TIMEOUT must be a number of seconds (got '$JOB_TIMEOUT')"
-mkdir -p "$WORK_DIR"
+[[ -z $KUBERAY_CHART || -f $KUBERAY_CHART/Chart.yaml ]] || die "KUBERAY_CHART=$KUBERAY_CHART holds no Chart.yaml"
+
+# The whole run has a deadline of its own, well inside CI's: past it, the run fails naming its step.
+(
+  sleep "$E2E_TIMEOUT"
+  echo "e2e-kind: the run passed its ${E2E_TIMEOUT} s limit (E2E_TIMEOUT)" >&2
+  kill -TERM $$
+) 2> /dev/null &
+WATCHDOG=$!
 
 # --- teardown ------------------------------------------------------------------------------------
 
 CREATED_CLUSTER=0
 CLUSTER_UP=0
-PORT_FORWARD_PID=
+PORT_FORWARDS=()
 
-stop_port_forward() {
-  if [[ -n $PORT_FORWARD_PID ]]; then
-    kill "$PORT_FORWARD_PID" 2> /dev/null || true
-    wait "$PORT_FORWARD_PID" 2> /dev/null || true
-    PORT_FORWARD_PID=
-  fi
+stop_port_forwards() {
+  local pid
+  for pid in "${PORT_FORWARDS[@]}"; do
+    kill "$pid" 2> /dev/null || true
+    wait "$pid" 2> /dev/null || true
+  done
+  PORT_FORWARDS=()
 }
 
 diagnostics() {
   set +e
   log "diagnostics"
-  echo "--- FineTuneJob"
-  kubectl -n "$NAMESPACE" get finetunejob "$JOB_NAME" -o yaml
-  kubectl -n "$NAMESPACE" describe finetunejob "$JOB_NAME"
-  echo "--- RayJobs, RayClusters, Jobs"
+  kubectl -n "$NAMESPACE" get finetunejobs -o yaml
   kubectl get rayjobs,rayclusters,jobs -A -o wide
   kubectl -n "$NAMESPACE" describe rayjobs
-  echo "--- nodes and pods"
   kubectl get nodes -o wide --show-labels
   kubectl get pods -A -o wide
-  echo "--- events ($NAMESPACE, $RELEASE_NS)"
-  kubectl -n "$NAMESPACE" get events --sort-by=.lastTimestamp
-  kubectl -n "$RELEASE_NS" get events --sort-by=.lastTimestamp
+  kubectl -n "$NAMESPACE" get events --sort-by=.lastTimestamp | tail -60
+  kubectl -n "$RELEASE_NS" get events --sort-by=.lastTimestamp | tail -30
   local pod
   for pod in $(kubectl -n "$RELEASE_NS" get pods -o name); do
-    echo "--- logs $RELEASE_NS/$pod (operator and MinIO)"
-    kubectl -n "$RELEASE_NS" logs "$pod" --all-containers --tail=400
+    echo "--- logs $RELEASE_NS/$pod"
+    kubectl -n "$RELEASE_NS" logs "$pod" --all-containers --tail=200
   done
-  # Ray head and workers, KubeRay's submitter, export Jobs: everything in the job's namespace.
   for pod in $(kubectl -n "$NAMESPACE" get pods -o name); do
     echo "--- logs $NAMESPACE/$pod"
-    kubectl -n "$NAMESPACE" logs "$pod" --all-containers --tail=300
+    kubectl -n "$NAMESPACE" logs "$pod" --all-containers --tail=150
   done
   echo "--- logs KubeRay operator"
-  kubectl -n kuberay-system logs deploy/kuberay-operator --tail=200
+  kubectl -n kuberay-system logs deploy/kuberay-operator --tail=150
   set -e
 }
 
@@ -136,17 +150,22 @@ cleanup() {
   local rc=$?
   set +e
   trap - EXIT INT TERM
-  stop_port_forward
-  if ((rc != 0)) && ((CLUSTER_UP)); then
-    diagnostics
+  kill "$WATCHDOG" 2> /dev/null
+  stop_port_forwards
+  if ((rc != 0)); then
+    echo "e2e-kind: failed during: $STEP" >&2
+    ((CLUSTER_UP)) && diagnostics
   fi
   if ((CREATED_CLUSTER)) && [[ $KEEP_CLUSTER != 1 ]]; then
     log "deleting kind cluster $CLUSTER (KEEP_CLUSTER=1 keeps it)"
-    kind delete cluster --name "$CLUSTER"
+    kind delete cluster --name "$CLUSTER" > /dev/null 2>&1
     rm -f "$KUBECONFIG"
   elif ((CLUSTER_UP)); then
     log "cluster $CLUSTER kept: export KUBECONFIG=$KUBECONFIG   (kind delete cluster --name $CLUSTER)"
   fi
+  step done
+  printf '\ntimings:\n'
+  printf '  %s\n' "${TIMINGS[@]}"
   if ((rc == 0)); then
     echo "e2e-kind: PASSED"
   else
@@ -158,183 +177,258 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# --- 1. cluster ---------------------------------------------------------------------------------
+# --- 1. images ----------------------------------------------------------------------------------
 
+step "images: official names, present, pulled or built here (hack/images)"
+hack/images/ensure-images.sh
+source hack/images/lib.sh
+CA_CERTS=$(extra_ca_certs)
+build_own() {  # build_own IMAGE DOCKERFILE PATH...: rebuilt only when one of the paths changed
+  local image=$1 dockerfile=$2 key
+  shift 2
+  key=$(tree_key "$@")-$(content_key "$dockerfile" "$TORCH_INDEX_URL" \
+    "$(image_id docker.io/library/python:3.11-slim)" "$(image_id docker.io/rayproject/ray:2.59.0-py311)")
+  if [[ $(image_label "$image") == "$key" ]]; then
+    images_log "$image: built earlier from the same sources ($key)"
+    return 0
+  fi
+  images_log "$image: building from $dockerfile ($key)"
+  docker_build "$image" "$key" "$dockerfile" . --build-arg EXTRA_CA_CERTS="$CA_CERTS" \
+    --build-arg TORCH_INDEX_URL="$TORCH_INDEX_URL" \
+    --build-arg REVISION="$(git rev-parse HEAD 2> /dev/null || echo unknown)"
+}
+build_own "$OPERATOR_IMAGE" operator/Dockerfile "$ROOT/operator" "$ROOT/trainer/edgetune_trainer" \
+  "$ROOT/pyproject.toml" "$ROOT/constraints.txt"
+build_own "$TRAINER_IMAGE" trainer/Dockerfile "$ROOT/operator" "$ROOT/trainer" "$ROOT/pyproject.toml" \
+  "$ROOT/constraints.txt"
+docker images --format '  {{.Repository}}:{{.Tag}}  {{.Size}}' "$TRAINER_IMAGE"
+
+# --- 2. cluster ---------------------------------------------------------------------------------
+
+step "kind cluster $CLUSTER from kind-config.yaml ($KIND_NODE_IMAGE)"
 if kind get clusters 2> /dev/null | grep -qx "$CLUSTER"; then
-  log "reusing existing kind cluster $CLUSTER (it is kept afterwards)"
+  echo "reusing the existing cluster (it is kept afterwards)"
   kind export kubeconfig --name "$CLUSTER" --kubeconfig "$KUBECONFIG"
 else
-  log "creating kind cluster $CLUSTER from kind-config.yaml"
   CREATED_CLUSTER=1
   kind create cluster --config kind-config.yaml --name "$CLUSTER" --kubeconfig "$KUBECONFIG" \
-    --wait 180s ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"}
+    --image "$KIND_NODE_IMAGE" --wait 300s
 fi
 CLUSTER_UP=1
 kubectl get nodes -L edgetune.dev/pool -L edgetune.dev/edge
-[[ -n $(kubectl get nodes -l edgetune.dev/pool=train -o name) ]] || die "no node labelled edgetune.dev/pool=train"
-[[ -n $(kubectl get nodes -l edgetune.dev/edge=true -o name) ]] || die "no node labelled edgetune.dev/edge=true"
+train_nodes=$(kubectl get nodes -l edgetune.dev/pool=train -o jsonpath='{.items[*].metadata.name}')
+edge_nodes=$(kubectl get nodes -l edgetune.dev/edge=true -o jsonpath='{.items[*].metadata.name}')
+[[ -n $train_nodes ]] || die "no node labelled edgetune.dev/pool=train"
+[[ -n $edge_nodes ]] || die "no node labelled edgetune.dev/edge=true"
 
-# --- 2. images ----------------------------------------------------------------------------------
-
-if [[ $SKIP_BUILD != 1 ]]; then
-  log "building $OPERATOR_IMAGE"
-  docker build -f operator/Dockerfile -t "$OPERATOR_IMAGE" \
-    --build-arg REVISION="$(git rev-parse HEAD 2> /dev/null || echo unknown)" .
-  log "building $TRAINER_IMAGE (torch index: ${TORCH_INDEX_URL:-PyPI})"
-  docker build -f trainer/Dockerfile -t "$TRAINER_IMAGE" \
-    --build-arg TORCH_INDEX_URL="$TORCH_INDEX_URL" \
-    --build-arg REVISION="$(git rev-parse HEAD 2> /dev/null || echo unknown)" .
-fi
-# Workers only: the control-plane node is tainted and runs none of this.
+step "images into the cluster"
 workers=$(kind get nodes --name "$CLUSTER" | grep -v -- '-control-plane$' | paste -sd, -)
-for image in "$OPERATOR_IMAGE" "$TRAINER_IMAGE"; do
-  log "loading $image into $workers"
+for image in "$OPERATOR_IMAGE" "quay.io/kuberay/operator:$KUBERAY_VERSION" \
+  "$(sed -n 's/^ *tag: *\(RELEASE\..*\)$/quay.io\/minio\/minio:\1/p' charts/edgetune/values.yaml)"; do
   kind load docker-image "$image" --name "$CLUSTER" --nodes "$workers"
 done
+# The trainer image (GBs) goes only where training and export run, once per such node.
+kind load docker-image "$TRAINER_IMAGE" --name "$CLUSTER" --nodes "$(echo "$train_nodes $edge_nodes" | tr ' ' ',')"
 
-# --- 3. KubeRay ---------------------------------------------------------------------------------
+# --- 3. KubeRay and edgetune ------------------------------------------------------------------------
 
-log "installing the KubeRay operator $KUBERAY_VERSION"
-helm repo add kuberay https://ray-project.github.io/kuberay-helm/ --force-update
-helm upgrade --install kuberay-operator kuberay/kuberay-operator --version "$KUBERAY_VERSION" \
-  -n kuberay-system --create-namespace --wait --timeout 10m
+step "KubeRay operator $KUBERAY_VERSION (Helm: ${KUBERAY_CHART:-the kuberay repository})"
+if [[ -n $KUBERAY_CHART ]]; then
+  kuberay_chart=("$KUBERAY_CHART")
+else
+  helm repo add kuberay https://ray-project.github.io/kuberay-helm/ --force-update > /dev/null
+  kuberay_chart=(kuberay/kuberay-operator --version "${KUBERAY_VERSION#v}")
+fi
+helm upgrade --install kuberay-operator "${kuberay_chart[@]}" -n kuberay-system --create-namespace \
+  --set image.pullPolicy=IfNotPresent --wait --timeout 5m
 
-# --- 4. edgetune ----------------------------------------------------------------------------------
-
-log "installing edgetune (charts/edgetune, MinIO enabled, watching namespace $NAMESPACE)"
+step "edgetune (charts/edgetune, MinIO on, watching $NAMESPACE)"
 helm upgrade --install edgetune charts/edgetune -n "$RELEASE_NS" --create-namespace \
   --set image.repository=edgetune/operator --set image.tag=e2e --set image.pullPolicy=Never \
   --set trainer.image.repository=edgetune/trainer --set trainer.image.tag=e2e \
-  --set minio.enabled=true \
-  --set "watch.namespaces={$NAMESPACE}" \
-  --wait --timeout 10m
+  --set minio.enabled=true --set "watch.namespaces={$NAMESPACE}" \
+  --wait --timeout 5m
 kubectl get crd finetunejobs.edgetune.dev > /dev/null
 
-# --- 5. quickstart data into MinIO ----------------------------------------------------------------
+# --- 4. the quickstart's model and data into MinIO -----------------------------------------------------
 
-# The job's pods read the Secret in their own namespace; fall back to the release's.
-secret_ns=$NAMESPACE
-if ! kubectl -n "$secret_ns" get secret "$MINIO_SECRET" > /dev/null 2>&1; then
-  secret_ns=$RELEASE_NS
-fi
-MINIO_SECRET_JSON=$(kubectl -n "$secret_ns" get secret "$MINIO_SECRET" -o json) \
-  || die "Secret $MINIO_SECRET not found in $NAMESPACE nor $RELEASE_NS"
+MINIO_SECRET_JSON=$(kubectl -n "$NAMESPACE" get secret "$MINIO_SECRET" -o json) \
+  || die "Secret $MINIO_SECRET not found in $NAMESPACE: the chart copies it into every watched namespace"
 export MINIO_SECRET_JSON
 
-start_port_forward() {
-  stop_port_forward
-  kubectl -n "$RELEASE_NS" port-forward "svc/$MINIO_SERVICE" "$MINIO_LOCAL_PORT:9000" \
-    > "$WORK_DIR/port-forward.log" 2>&1 &
-  PORT_FORWARD_PID=$!
+port_forward() {  # port_forward NAMESPACE TARGET LOCAL:REMOTE
+  kubectl -n "$1" port-forward "$2" "$3" > "$WORK_DIR/port-forward-${3%%:*}.log" 2>&1 &
+  PORT_FORWARDS+=($!)
 }
 
-# s3 ACTION [ARGS]: boto3 against MinIO through the port-forward, credentials from the Secret.
+# s3 ACTION [ARGS]: boto3 against MinIO through a port-forward, credentials from the Secret.
 s3() {
-  MINIO_ENDPOINT=http://127.0.0.1:$MINIO_LOCAL_PORT "$PYTHON" - "$@" << 'PY'
-import base64
-import json
-import os
-import sys
-import time
-from pathlib import Path
-
-import boto3
-from botocore.config import Config
-from botocore.exceptions import ClientError, EndpointConnectionError
-
-data = json.loads(os.environ["MINIO_SECRET_JSON"])["data"]
-key_id, secret = (base64.b64decode(data[k]).decode() for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
-client = boto3.client(
-    "s3",
-    endpoint_url=os.environ["MINIO_ENDPOINT"],
-    aws_access_key_id=key_id,
-    aws_secret_access_key=secret,
-    region_name="us-east-1",
-    config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
-)
-
-
-def wait_ready() -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client.list_buckets()
-            return
-        except (EndpointConnectionError, ConnectionError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-
-
-action, args = sys.argv[1], sys.argv[2:]
-wait_ready()
-if action == "upload":  # upload BUCKET PREFIX DIR
-    bucket, prefix, folder = args
-    try:
-        client.head_bucket(Bucket=bucket)
-    except ClientError:
-        client.create_bucket(Bucket=bucket)
-    root = Path(folder)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        key = f"{prefix}/{path.relative_to(root).as_posix()}"
-        client.upload_file(str(path), bucket, key)
-        print(f"  s3://{bucket}/{key} ({path.stat().st_size} bytes)")
-elif action == "manifest":  # manifest S3_URI_OF_EXPORT_FOLDER
-    bucket, _, key = args[0][len("s3://") :].partition("/")
-    body = client.get_object(Bucket=bucket, Key=f"{key.rstrip('/')}/manifest.json")["Body"].read()
-    print(json.dumps(json.loads(body), indent=2, sort_keys=True))
-else:
-    sys.exit(f"unknown action {action}")
-PY
+  MINIO_ENDPOINT=http://127.0.0.1:$MINIO_LOCAL_PORT "$PYTHON" hack/e2e-s3.py "$@"
 }
 
-log "uploading examples/quickstart/ to s3://$BUCKET/$PREFIX/ (MinIO, credentials from $secret_ns/$MINIO_SECRET)"
-start_port_forward
+step "quickstart model and data to s3://$BUCKET/$PREFIX/"
+port_forward "$RELEASE_NS" "svc/$MINIO_SERVICE" "$MINIO_LOCAL_PORT:9000"
 s3 upload "$BUCKET" "$PREFIX" examples/quickstart
-stop_port_forward
+stop_port_forwards
 
-# --- 6. the FineTuneJob -------------------------------------------------------------------------
+# --- 5. the quickstart FineTuneJob, as a user runs it ---------------------------------------------------
 
-log "applying $JOB_FILE in namespace $NAMESPACE"
-kubectl -n "$NAMESPACE" delete finetunejob "$JOB_NAME" --ignore-not-found --wait=true
-kubectl -n "$NAMESPACE" apply -f "$JOB_FILE"
+# wait_for_phase JOB PHASE [on_progress]: print every change of `kubectl get ftj`; fail on Failed or timeout.
+wait_for_phase() {
+  local job=$1 want=$2 hook=${3:-} deadline=$((SECONDS + JOB_TIMEOUT)) last= line phase
+  while :; do
+    line=$(kubectl -n "$NAMESPACE" get ftj "$job" --no-headers 2> /dev/null || true)
+    phase=$(kubectl -n "$NAMESPACE" get ftj "$job" -o jsonpath='{.status.phase}' 2> /dev/null || true)
+    if [[ $line != "$last" ]]; then
+      printf '  [%4ds] %s\n' "$((SECONDS - STEP_START))" "$line"
+      last=$line
+    fi
+    [[ $phase == "$want" ]] && return 0
+    [[ $phase == Failed ]] && die "FineTuneJob $job failed"
+    ((SECONDS < deadline)) || die "FineTuneJob $job did not reach $want within ${JOB_TIMEOUT}s (phase: ${phase:-none})"
+    [[ -z $hook ]] || "$hook" "$job"
+    sleep 2
+  done
+}
 
-log "waiting up to ${JOB_TIMEOUT}s for FineTuneJob $JOB_NAME to reach phase Succeeded"
-deadline=$((SECONDS + JOB_TIMEOUT))
-last=
-while :; do
-  line=$(kubectl -n "$NAMESPACE" get finetunejob "$JOB_NAME" \
-    -o jsonpath='{.status.phase} attempt={.status.attempt} progress={.status.progress.percent}% loss={.status.progress.loss}' \
-    2> /dev/null || true)
-  phase=${line%% *}
-  if [[ $line != "$last" ]]; then
-    printf '  [%4ds] %s\n' "$SECONDS" "${line:-(no status yet)}"
-    last=$line
+progress_step() { kubectl -n "$NAMESPACE" get ftj "$1" -o jsonpath='{.status.progress.step}' 2> /dev/null || true; }
+checkpoint_step() {  # the step of status.latestCheckpoint (.../checkpoint_000000020-run), or 0
+  local uri
+  uri=$(kubectl -n "$NAMESPACE" get ftj "$1" -o jsonpath='{.status.latestCheckpoint}' 2> /dev/null || true)
+  [[ $uri =~ checkpoint_0*([0-9]+)- ]] && echo "${BASH_REMATCH[1]}" || echo 0
+}
+
+SCRAPED=0
+scrape_metrics() {  # once, while the job trains: the operator's and a worker's /metrics name the job
+  local job=$1 worker op
+  ((SCRAPED)) && return 0
+  [[ $(kubectl -n "$NAMESPACE" get ftj "$job" -o jsonpath='{.status.phase}') == Running ]] || return 0
+  [[ -n $(progress_step "$job") ]] || return 0
+  worker=$(kubectl -n "$NAMESPACE" get pods -l "edgetune.dev/job=$job,ray.io/node-type=worker" \
+    --field-selector=status.phase=Running -o jsonpath='{.items[*].metadata.name}' 2> /dev/null || true)
+  worker=${worker%% *}
+  [[ -n $worker ]] || return 0
+  port_forward "$RELEASE_NS" svc/edgetune-operator-metrics 18080:8080
+  port_forward "$NAMESPACE" "pod/$worker" 18081:8080
+  sleep 3
+  op=$(curl -fsS http://127.0.0.1:18080/metrics || true)
+  grep -E "^edgetune_jobs\{namespace=\"$NAMESPACE\",phase=\"Running\"\} [1-9]" <<< "$op" \
+    || die "the operator's /metrics shows no Running job"
+  curl -fsS http://127.0.0.1:18081/metrics > "$WORK_DIR/worker-metrics.txt" || true
+  stop_port_forwards
+  echo "  operator /metrics: $(grep -c '^edgetune_' <<< "$op") edgetune_ samples"
+  if grep -q "job=\"$job\"" "$WORK_DIR/worker-metrics.txt"; then
+    echo "  $worker /metrics: $(grep -E '^edgetune_train_(step|loss)' "$WORK_DIR/worker-metrics.txt" | tr '\n' ' ')"
+  else
+    echo "  $worker /metrics: no series of $job (rank 0 exports them; this worker may be another rank)"
   fi
-  case $phase in
-    Succeeded) break ;;
-    Failed) die "FineTuneJob $JOB_NAME failed" ;;
+  SCRAPED=1
+}
+
+step "kubectl apply -f $JOB_FILE (namespace $NAMESPACE)"
+kubectl -n "$NAMESPACE" delete ftj "$JOB_NAME" --ignore-not-found --wait=true
+kubectl -n "$NAMESPACE" apply -f "$JOB_FILE"
+wait_for_phase "$JOB_NAME" Succeeded scrape_metrics
+((SCRAPED)) || echo "  (the job finished before a scrape could catch it Running)"
+
+step "assertions on the finished quickstart"
+pods=$(kubectl -n "$NAMESPACE" get pods -l "edgetune.dev/job=$JOB_NAME" \
+  -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName} {.metadata.labels.ray\.io/node-type}{"\n"}{end}')
+echo "$pods"
+while read -r pod node kind; do
+  [[ -n $pod ]] || continue
+  case $pod in
+    *-export-*) [[ " $edge_nodes " == *" $node "* ]] || die "export pod $pod ran on $node, not an edge node" ;;
+    *) if [[ $kind == head || $kind == worker ]]; then
+         [[ " $train_nodes " == *" $node "* ]] || die "Ray $kind pod $pod ran on $node, not the training pool"
+       fi ;;
   esac
-  ((SECONDS < deadline)) || die "FineTuneJob $JOB_NAME did not succeed within ${JOB_TIMEOUT}s (phase: ${phase:-none})"
-  sleep ${POLL_SECONDS:-10}
-done
-# The same condition as a kubectl check, for the record.
-kubectl -n "$NAMESPACE" wait --for=jsonpath='{.status.phase}'=Succeeded "finetunejob/$JOB_NAME" --timeout=30s
-
-# --- 7. results -----------------------------------------------------------------------------------
-
-log "status.exports"
-exports_json=$(kubectl -n "$NAMESPACE" get finetunejob "$JOB_NAME" -o jsonpath='{.status.exports}')
-printf '%s' "$exports_json" | "$PYTHON" -c 'import json, sys; print(json.dumps(json.load(sys.stdin), indent=2))'
-mapfile -t export_uris < <(printf '%s' "$exports_json" \
-  | "$PYTHON" -c 'import json, sys; [print(e["uri"]) for e in json.load(sys.stdin) if e.get("uri")]')
+done <<< "$pods"
+exports=$(kubectl -n "$NAMESPACE" get ftj "$JOB_NAME" -o jsonpath='{.status.exports}')
+echo "$exports" | "$PYTHON" -m json.tool
+port_forward "$RELEASE_NS" "svc/$MINIO_SERVICE" "$MINIO_LOCAL_PORT:9000"
+s3 checkpoints "$BUCKET" "jobs/$NAMESPACE/$JOB_NAME/checkpoints"
+mapfile -t export_uris < <(echo "$exports" | "$PYTHON" -c 'import json, sys; [print(e["uri"]) for e in json.load(sys.stdin) if e.get("uri")]')
 ((${#export_uris[@]})) || die "status.exports lists no artifact uri"
-start_port_forward
 for uri in "${export_uris[@]}"; do
-  log "manifest of $uri"
   s3 manifest "$uri"
 done
-stop_port_forward
+stop_port_forwards
+kubectl -n "$NAMESPACE" get ftj "$JOB_NAME"
+echo "FineTuneJob $JOB_NAME Succeeded"
 
-kubectl -n "$NAMESPACE" get finetunejob "$JOB_NAME"
-log "FineTuneJob $JOB_NAME Succeeded"
+# --- 6. faults on real pods -------------------------------------------------------------------------
+
+if [[ $E2E_FAULTS == 1 ]]; then
+  step "faults: a longer run of the same job ($FAULT_JOB)"
+  "$PYTHON" - "$JOB_FILE" "$FAULT_JOB" > "$WORK_DIR/$FAULT_JOB.yaml" << 'PY'
+import sys, yaml
+job = yaml.safe_load(open(sys.argv[1]))
+job["metadata"]["name"] = sys.argv[2]
+job["spec"]["training"]["epochs"] = 12  # ~300 steps: time for three faults, one after another
+job["spec"]["export"] = []  # the quickstart run proved the export; here the faults are the point
+print(yaml.safe_dump(job, sort_keys=False))
+PY
+  kubectl -n "$NAMESPACE" apply -f "$WORK_DIR/$FAULT_JOB.yaml"
+  interval=$(kubectl -n "$NAMESPACE" get ftj "$FAULT_JOB" -o jsonpath='{.spec.checkpoint.everySteps}')
+
+  FAULT=worker
+  KILLED_AT=
+  fault_hook() {
+    local job=$1 s c pod
+    s=$(progress_step "$job")
+    [[ -n $s ]] || return 0
+    case $FAULT in
+      worker)
+        ((s >= 3 * interval / 2)) || return 0
+        c=$(checkpoint_step "$job")
+        pod=$(kubectl -n "$NAMESPACE" get pods -l "edgetune.dev/job=$job,ray.io/node-type=worker" \
+          -o jsonpath='{.items[*].metadata.name}' || true)
+        pod=${pod%% *}
+        [[ -n $pod ]] || return 0
+        echo "  fault 1: deleting Ray worker pod $pod at step $s (latest checkpoint: step $c)"
+        kubectl -n "$NAMESPACE" delete pod "$pod" --wait=false
+        KILLED_AT=$SECONDS KILLED_STEP=$s KILLED_CHECKPOINT=$c LOW=$s
+        FAULT=worker-recovery
+        ;;
+      worker-recovery)
+        # Progress goes back to the checkpoint the workers resume from, then past the step of the loss.
+        ((s < LOW)) && LOW=$s
+        if ((s > KILLED_STEP + 1)); then
+          echo "  fault 1 cost: resumed from the step-$KILLED_CHECKPOINT checkpoint (lowest step reported after the loss: $LOW): $((KILLED_STEP - KILLED_CHECKPOINT)) step(s) redone (interval $interval), $((SECONDS - KILLED_AT)) s until past step $KILLED_STEP again"
+          ((KILLED_STEP - KILLED_CHECKPOINT <= interval)) || die "a worker loss cost more than one checkpoint interval"
+          FAULT=operator
+        fi
+        ;;
+      operator)
+        pod=$(kubectl -n "$RELEASE_NS" get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[*].metadata.name}')
+        pod=${pod%% *}
+        echo "  fault 2: deleting the operator pod $pod at step $s"
+        KILLED_AT=$SECONDS
+        kubectl -n "$RELEASE_NS" delete pod "$pod" --wait=true
+        kubectl -n "$RELEASE_NS" rollout status deploy -l app.kubernetes.io/component=operator --timeout=120s
+        echo "  fault 2 cost: a new operator was ready $((SECONDS - KILLED_AT)) s later; training went on (step $(progress_step "$job"))"
+        FAULT=minio
+        ;;
+      minio)
+        echo "  fault 3: MinIO down for 60 s from step $s (scale to 0, then back)"
+        KILLED_STEP=$s
+        kubectl -n "$RELEASE_NS" scale deploy "$MINIO_SERVICE" --replicas=0
+        sleep 60
+        kubectl -n "$RELEASE_NS" scale deploy "$MINIO_SERVICE" --replicas=1
+        kubectl -n "$RELEASE_NS" rollout status deploy "$MINIO_SERVICE" --timeout=120s
+        echo "  fault 3: MinIO back at step $(progress_step "$job")"
+        FAULT=done
+        ;;
+    esac
+  }
+  wait_for_phase "$FAULT_JOB" Succeeded fault_hook
+  [[ $FAULT == done ]] || die "the job finished before every fault was injected (reached: $FAULT)"
+  rayjobs=$(kubectl -n "$NAMESPACE" get rayjobs -l "edgetune.dev/job=$FAULT_JOB" -o name | wc -l)
+  attempt=$(kubectl -n "$NAMESPACE" get ftj "$FAULT_JOB" -o jsonpath='{.status.attempt}')
+  echo "  RayJobs: $rayjobs for $attempt attempt(s)"
+  ((rayjobs == attempt)) || die "$rayjobs RayJobs for $attempt attempts: the operator's restart duplicated one"
+  port_forward "$RELEASE_NS" "svc/$MINIO_SERVICE" "$MINIO_LOCAL_PORT:9000"
+  s3 checkpoints "$BUCKET" "jobs/$NAMESPACE/$FAULT_JOB/checkpoints"
+  stop_port_forwards
+fi

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Make every image the kind e2e needs available in the local Docker engine, under its official name:
+# present already, else pulled, else built here (see lib.sh). Prints one line per image.
+#   ensure-images.sh            the third-party images (kind node, KubeRay, MinIO) and edgetune's bases
+# The bases edgetune's own Dockerfiles start from (python:3.11-slim, rayproject/ray:2.59.0-py311) count:
+# hack/e2e-kind.sh builds edgetune's images from them next.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$IMAGES_DIR/versions.sh"
+
+DEBIAN=docker.io/library/debian:bookworm-slim
+PYTHON=docker.io/library/python:3.11-slim
+RAY=docker.io/rayproject/ray:2.59.0-py311
+NODE=docker.io/kindest/node:$K8S_VERSION
+KUBERAY=quay.io/kuberay/operator:$KUBERAY_VERSION
+MINIO=$(sed -n 's/^ *tag: *\(RELEASE\..*\)$/quay.io\/minio\/minio:\1/p' "$REPO_ROOT/charts/edgetune/values.yaml")
+[[ -n $MINIO ]] || { images_log "no MinIO tag found in charts/edgetune/values.yaml"; exit 1; }
+
+start=$SECONDS
+# A base is needed only to build something on it; try the images themselves first.
+needs_debian() {
+  local image
+  for image in "$NODE" "$KUBERAY" "$MINIO" "$PYTHON" "$RAY"; do
+    docker image inspect "$image" > /dev/null 2>&1 || return 0
+  done
+  return 1
+}
+if needs_debian; then
+  ensure_image "$DEBIAN" "$IMAGES_DIR/debian.sh" "$(content_key "$IMAGES_DIR/debian.sh")"
+fi
+ensure_image "$PYTHON" "$IMAGES_DIR/python.sh" \
+  "$(content_key "$IMAGES_DIR/python.sh" "$IMAGES_DIR/python/Dockerfile" "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
+ensure_image "$RAY" "$IMAGES_DIR/ray.sh" \
+  "$(content_key "$IMAGES_DIR/ray.sh" "$IMAGES_DIR/ray/Dockerfile" "$REPO_ROOT/constraints.txt" "$(image_id "$PYTHON")")"
+control_plane_stamp=$("$REPO_ROOT/hack/build-k8s.sh" 2> /dev/null | tail -1)/../stamp
+ensure_image "$NODE" "$IMAGES_DIR/kind-node.sh" \
+  "$(content_key "$IMAGES_DIR/kind-node.sh" "$IMAGES_DIR/versions.sh" "$IMAGES_DIR/lib.sh" \
+    "$(tree_key "$IMAGES_DIR/kind-node" "$REPO_ROOT/hack/runc-fit")" \
+    "$REPO_ROOT/hack/node-build/go.mod" "$REPO_ROOT/hack/node-build/go.sum" "$control_plane_stamp" \
+    "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
+ensure_image "$KUBERAY" "$IMAGES_DIR/kuberay.sh" \
+  "$(content_key "$IMAGES_DIR/kuberay.sh" "$(tree_key "$IMAGES_DIR/kuberay")")"
+ensure_image "$MINIO" "$IMAGES_DIR/minio.sh" \
+  "$(content_key "$IMAGES_DIR/minio.sh" "$(tree_key "$IMAGES_DIR/minio")" "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
+images_log "all images ready in $((SECONDS - start)) s"

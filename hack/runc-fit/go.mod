@@ -1,0 +1,3 @@
+module edgetune.dev/hack/runc-fit
+
+go 1.25
