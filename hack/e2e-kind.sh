@@ -56,6 +56,9 @@ JOB_NAME=quickstart-kind   # metadata.name of $JOB_FILE
 FAULT_JOB=quickstart-kind-faults
 OPERATOR_IMAGE=edgetune/operator:e2e
 TRAINER_IMAGE=edgetune/trainer:e2e
+REGISTRY_NAME=kind-registry   # kind's documented local registry container
+REGISTRY_PORT=5001
+TRAINER_IN_REGISTRY=localhost:$REGISTRY_PORT/edgetune/trainer:e2e
 MINIO_SERVICE=edgetune-minio
 MINIO_SECRET=edgetune-minio
 BUCKET=edgetune
@@ -227,8 +230,20 @@ for image in "$OPERATOR_IMAGE" "quay.io/kuberay/operator:$KUBERAY_VERSION" \
   "$(sed -n 's/^ *tag: *\(RELEASE\..*\)$/quay.io\/minio\/minio:\1/p' charts/edgetune/values.yaml)"; do
   kind load docker-image "$image" --name "$CLUSTER" --nodes "$workers"
 done
-# The trainer image (GBs) goes only where training and export run, once per such node.
-kind load docker-image "$TRAINER_IMAGE" --name "$CLUSTER" --nodes "$(echo "$train_nodes $edge_nodes" | tr ' ' ',')"
+# The trainer image (GBs) goes through kind's documented local registry: pushed once (compressed; layers
+# already there are skipped), pulled by the nodes that run training and export, which keep only the
+# unpacked layers. `kind load` would keep an uncompressed copy and its unpacked layers on every node.
+if [[ $(docker inspect -f '{{.State.Running}}' "$REGISTRY_NAME" 2> /dev/null) != true ]]; then
+  docker rm -f "$REGISTRY_NAME" > /dev/null 2>&1 || true
+  docker run -d --restart=always -p "127.0.0.1:$REGISTRY_PORT:5000" -v "$REGISTRY_NAME:/var/lib/registry" \
+    --name "$REGISTRY_NAME" docker.io/library/registry:3 > /dev/null
+fi
+docker network connect kind "$REGISTRY_NAME" 2> /dev/null || true
+for node in $(kind get nodes --name "$CLUSTER"); do
+  docker exec "$node" sh -c "mkdir -p /etc/containerd/certs.d/localhost:$REGISTRY_PORT && printf '[host.\"http://$REGISTRY_NAME:5000\"]\\n' > /etc/containerd/certs.d/localhost:$REGISTRY_PORT/hosts.toml"
+done
+docker tag "$TRAINER_IMAGE" "$TRAINER_IN_REGISTRY"
+docker push -q "$TRAINER_IN_REGISTRY"
 
 # --- 3. KubeRay and edgetune ------------------------------------------------------------------------
 
@@ -245,7 +260,7 @@ helm upgrade --install kuberay-operator "${kuberay_chart[@]}" -n kuberay-system 
 step "edgetune (charts/edgetune, MinIO on, watching $NAMESPACE)"
 helm upgrade --install edgetune charts/edgetune -n "$RELEASE_NS" --create-namespace \
   --set image.repository=edgetune/operator --set image.tag=e2e --set image.pullPolicy=Never \
-  --set trainer.image.repository=edgetune/trainer --set trainer.image.tag=e2e \
+  --set trainer.image.repository="${TRAINER_IN_REGISTRY%:*}" --set trainer.image.tag=e2e \
   --set minio.enabled=true --set "watch.namespaces={$NAMESPACE}" \
   --wait --timeout 5m
 kubectl get crd finetunejobs.edgetune.dev > /dev/null

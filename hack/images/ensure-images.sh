@@ -13,6 +13,7 @@ PYTHON=docker.io/library/python:3.11-slim
 RAY=docker.io/rayproject/ray:2.59.0-py311
 NODE=docker.io/kindest/node:$K8S_VERSION
 KUBERAY=quay.io/kuberay/operator:$KUBERAY_VERSION
+REGISTRY=docker.io/library/registry:3
 MINIO=$(sed -n 's/^ *tag: *\(RELEASE\..*\)$/quay.io\/minio\/minio:\1/p' "$REPO_ROOT/charts/edgetune/values.yaml")
 [[ -n $MINIO ]] || { images_log "no MinIO tag found in charts/edgetune/values.yaml"; exit 1; }
 
@@ -20,7 +21,7 @@ start=$SECONDS
 # A base is needed only to build something on it; try the images themselves first.
 needs_debian() {
   local image
-  for image in "$NODE" "$KUBERAY" "$MINIO" "$PYTHON" "$RAY"; do
+  for image in "$NODE" "$KUBERAY" "$MINIO" "$PYTHON" "$RAY" "$REGISTRY"; do
     docker image inspect "$image" > /dev/null 2>&1 || return 0
   done
   return 1
@@ -42,4 +43,7 @@ ensure_image "$KUBERAY" "$IMAGES_DIR/kuberay.sh" \
   "$(content_key "$IMAGES_DIR/kuberay.sh" "$(tree_key "$IMAGES_DIR/kuberay")")"
 ensure_image "$MINIO" "$IMAGES_DIR/minio.sh" \
   "$(content_key "$IMAGES_DIR/minio.sh" "$(tree_key "$IMAGES_DIR/minio")" "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
+ensure_image "$REGISTRY" "$IMAGES_DIR/registry.sh" \
+  "$(content_key "$IMAGES_DIR/registry.sh" "$IMAGES_DIR/versions.sh" "$(tree_key "$IMAGES_DIR/registry")" \
+    "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
 images_log "all images ready in $((SECONDS - start)) s"

@@ -23,3 +23,4 @@ k8s_ldflags() {
   done
   echo "$flags"
 }
+DISTRIBUTION_VERSION=v3.0.0           # the registry of kind's documented local-registry set-up (registry:3)

@@ -5,7 +5,7 @@ resync) runs the same function, serialised per job by a lock. Child names are de
 treats 409 as done, so a reconcile interrupted anywhere (an operator killed mid-launch) is finished by the
 next one without a second RayJob.
 
-Two orderings keep a decision from resting on a stale view:
+Three rules keep a decision from resting on a stale view:
 - the children are read before the job, so the spec a decision uses is at least as new as the child
   state it reacts to (a runPolicy edit made before a RayJob failed is always seen when deciding on that
   failure);
@@ -13,7 +13,8 @@ Two orderings keep a decision from resting on a stale view:
   with (the Secret is read after the job, and a user may edit the spec in between);
 - every write names the job's uid (the status patch as a precondition, children as their owner), so a
   job deleted mid-reconcile, or deleted and created again under the same name, is never written for the
-  old one. Such a reconcile ends quietly: a user deleting a job is a normal event, not an error.
+  old one (and a launch waits while RayJobs of an earlier job of the same name remain). Such a reconcile
+  ends quietly: a user deleting a job is a normal event, not an error.
 """
 
 from __future__ import annotations
