@@ -87,11 +87,16 @@ def defaults_from(args: argparse.Namespace) -> OperatorDefaults:
     return OperatorDefaults(trainer_image=args.trainer_image, ray_version=args.ray_version, storage=storage)
 
 
-def leader_elector(args: argparse.Namespace, api: kubernetes.client.ApiClient) -> LeaseElector:
+def process_identity() -> str:
+    """Who this process is, for the Lease and for kopf: the pod name (or host name), and a suffix that keeps
+    two processes of one pod (a restart) apart. Given to kopf explicitly, because kopf's own guess asks the
+    passwd database for the user name, and the image's uid 65532 has no entry there (a KeyError at start)."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
+def leader_elector(args: argparse.Namespace, api: kubernetes.client.ApiClient, identity: str) -> LeaseElector:
     if not args.leader_election_namespace:
         raise SystemExit("edgetune-operator: --leader-elect needs --leader-election-namespace or $POD_NAMESPACE")
-    # The pod name tells people who leads; the suffix keeps two processes of one pod (a restart) apart.
-    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     return LeaseElector(api, args.leader_election_namespace, args.leader_election_name, identity)
 
 
@@ -129,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf logs in through the same file
     api = api_client(args.kubeconfig)
     stop_leading = threading.Event()
-    elector = leader_elector(args, api) if args.leader_elect else None
+    identity = process_identity()
+    elector = leader_elector(args, api, identity) if args.leader_elect else None
     renewer: threading.Thread | None = None
     if elector is not None:
         try:
@@ -157,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 clusterwide=args.all_namespaces,
                 namespaces=namespaces,
                 standalone=True,  # one active replica is the Lease's job, not kopf peering's
+                identity=identity,  # type: ignore[arg-type]  # kopf.Identity is a NewType of str
                 liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
             )
         )
