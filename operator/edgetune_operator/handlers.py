@@ -81,12 +81,17 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_sec
 def connection_info(config: kubernetes.client.Configuration) -> kopf.ConnectionInfo:
     """kopf logs in with exactly the credentials of the operator's kubernetes client (one identity,
     one source: --kubeconfig or the pod's ServiceAccount, whose token the client re-reads on refresh)."""
-    authorization = config.get_api_key_with_prefix("BearerToken", alias="authorization") or ""
+    authorization = (config.get_api_key_with_prefix("BearerToken", alias="authorization") or "").strip()
+    # "Bearer <token>" from a kubeconfig, but "bearer <token>" from the in-cluster loader (found on kind:
+    # kopf sent "Bearer bearer ..." and got 401): the scheme is case-insensitive (RFC 7235).
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        token = authorization
     return kopf.ConnectionInfo(
         server=config.host,
         ca_path=config.ssl_ca_cert,
         insecure=not config.verify_ssl,
-        token=authorization.removeprefix("Bearer ").strip() or None,
+        token=token.strip() or None,
         certificate_path=config.cert_file,
         private_key_path=config.key_file,
     )

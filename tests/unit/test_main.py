@@ -44,3 +44,18 @@ def test_kopf_gets_an_identity_so_a_uid_without_a_passwd_entry_starts(
     argv = ["--kubeconfig", str(config), "-n", "team", "--metrics-port", "0", "--health-port", "0"]
     assert operator_main.main(argv) == 0
     assert str(seen["identity"]).startswith("edgetune-operator-6898f6b49b-79gwt_")
+
+
+def test_kopf_logs_in_with_the_bare_token_whatever_the_loader_wrote(tmp_path: Path) -> None:
+    """A kubeconfig gives "Bearer <token>", the in-cluster loader "bearer <token>" (its token file read
+    as is): kopf must get the token alone either way."""
+    import kubernetes.client
+
+    from edgetune_operator.handlers import connection_info
+
+    for stored, prefix in [("bearer abc.def", None), ("abc.def", "Bearer"), ("Bearer abc.def", None)]:
+        config = kubernetes.client.Configuration(host="https://10.96.0.1:443")
+        config.api_key = {"BearerToken": stored}
+        if prefix:
+            config.api_key_prefix = {"BearerToken": prefix}
+        assert connection_info(config).token == "abc.def", stored
