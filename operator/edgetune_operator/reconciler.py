@@ -182,16 +182,18 @@ class Reconciler:
 
     def _still_there(self, job: dict[str, Any]) -> bool:
         """Is the job we reconcile still there and not being deleted (the same object: same uid)?"""
-        meta = job["metadata"]
         try:
-            current = self.kube.get_job(meta["namespace"], meta["name"])
+            return self._reread(job["metadata"]) is not None
         except ApiException:
             return True  # cannot tell: let the caller report the original error
-        return (
-            current is not None
-            and current["metadata"]["uid"] == meta["uid"]
-            and not current["metadata"].get("deletionTimestamp")
-        )
+
+    def _reread(self, meta: dict[str, Any]) -> dict[str, Any] | None:
+        """The job as the API server has it now, or None when it is gone, being deleted, or another job
+        (another uid) now has its name."""
+        current = self.kube.get_job(meta["namespace"], meta["name"])
+        if current is None or current["metadata"]["uid"] != meta["uid"] or current["metadata"].get("deletionTimestamp"):
+            return None
+        return current
 
     def _decide_and_act(self, job: dict[str, Any], all_children: Children) -> Decision:
         meta = job["metadata"]
@@ -254,8 +256,8 @@ class Reconciler:
         """A launch cannot be undone: make it only with the newest spec. The reads after the job's (the
         Secret's) may have taken long enough for the user to edit it; if so, the edit's own event brings
         a reconcile that decides again."""
-        current = self.kube.get_job(meta["namespace"], meta["name"])
-        if current is None or current["metadata"]["uid"] != meta["uid"]:
+        current = self._reread(meta)
+        if current is None:
             raise StaleViewError("the job went away since it was read")
         if current["metadata"].get("generation") != meta.get("generation"):
             raise StaleViewError(
