@@ -196,9 +196,15 @@ build_own() {  # build_own IMAGE DOCKERFILE PATH...: rebuilt only when one of th
     return 0
   fi
   images_log "$image: building from $dockerfile ($key)"
+  local previous
+  previous=$(image_id "$image" 2> /dev/null || true)
   docker_build "$image" "$key" "$dockerfile" . --build-arg EXTRA_CA_CERTS="$CA_CERTS" \
     --build-arg TORCH_INDEX_URL="$TORCH_INDEX_URL" \
     --build-arg REVISION="$(git rev-parse HEAD 2> /dev/null || echo unknown)"
+  # The build this one replaces (GBs for the trainer), unless another tag or a container still uses it.
+  if [[ -n $previous && $previous != "$(image_id "$image")" ]]; then
+    docker rmi "$previous" > /dev/null 2>&1 || true
+  fi
 }
 build_own "$OPERATOR_IMAGE" operator/Dockerfile "$ROOT/operator" "$ROOT/trainer/edgetune_trainer" \
   "$ROOT/pyproject.toml" "$ROOT/constraints.txt"
@@ -244,6 +250,8 @@ for node in $(kind get nodes --name "$CLUSTER"); do
 done
 docker tag "$TRAINER_IMAGE" "$TRAINER_IN_REGISTRY"
 docker push -q "$TRAINER_IN_REGISTRY"
+# The registry's volume outlives the run: drop the layers of trainer images no tag names any more.
+docker exec "$REGISTRY_NAME" registry garbage-collect --delete-untagged /etc/distribution/config.yml > /dev/null
 
 # --- 3. KubeRay and edgetune ------------------------------------------------------------------------
 
@@ -292,7 +300,8 @@ stop_port_forwards
 wait_for_phase() {
   local job=$1 want=$2 hook=${3:-} deadline=$((SECONDS + JOB_TIMEOUT)) last= line phase
   while :; do
-    line=$(kubectl -n "$NAMESPACE" get ftj "$job" --no-headers 2> /dev/null || true)
+    # Every column of `kubectl get ftj` but AGE, which would make every poll a change.
+    line=$(kubectl -n "$NAMESPACE" get ftj "$job" --no-headers 2> /dev/null | sed -E 's/ +[0-9]+[smhd][0-9smhd]*$//' || true)
     phase=$(kubectl -n "$NAMESPACE" get ftj "$job" -o jsonpath='{.status.phase}' 2> /dev/null || true)
     if [[ $line != "$last" ]]; then
       printf '  [%4ds] %s\n' "$((SECONDS - STEP_START))" "$line"

@@ -81,12 +81,21 @@ docker_build() {
 # image_id NAME: the local image's ID (a dependency's identity in a dependent's key).
 image_id() { docker image inspect -f '{{.Id}}' "$1"; }
 
-# tree_key DIR...: content key of every file under the folders (sorted paths and contents).
+# tree_key PATH...: content key of the files under the paths (sorted paths and contents). In a git checkout
+# only the files git would commit count: the __pycache__ a test run leaves must not force a rebuild.
 tree_key() {
   local dir
   for dir in "$@"; do
-    find "$dir" -type f | LC_ALL=C sort
-  done | while read -r file; do printf '%s\n' "${file#"$REPO_ROOT"/}"; cat "$file"; done | sha256sum | cut -c1-16
+    if git -C "$REPO_ROOT" rev-parse --git-dir > /dev/null 2>&1; then
+      git -C "$REPO_ROOT" ls-files -co --exclude-standard -- "${dir#"$REPO_ROOT"/}" | sed "s|^|$REPO_ROOT/|"
+    else
+      find "$dir" -type f
+    fi
+  done | LC_ALL=C sort | while read -r file; do
+    [[ -f $file ]] || continue  # deleted in the work tree, not yet in the index
+    printf '%s\n' "${file#"$REPO_ROOT"/}"
+    cat "$file"
+  done | sha256sum | cut -c1-16
 }
 
 # extra_ca_certs: the PEM certificates added to this host's trust store by its owner (Debian and Ubuntu keep

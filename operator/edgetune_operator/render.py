@@ -187,6 +187,9 @@ def train_entrypoint(defaults: OperatorDefaults) -> list[str]:
         f"{CONFIG_DIR}/{CONFIG_FILE}",
         "--max-failures",
         str(defaults.max_worker_restarts),
+        # Each worker pod below is sized for one training worker; Ray would otherwise pack two fractional-CPU
+        # workers into one pod (it rounds the pod's CPU limit up) and DDP would never cross the pod network.
+        "--one-worker-per-node",
     ]
 
 

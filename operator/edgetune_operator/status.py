@@ -7,7 +7,8 @@ lifecycle is tested here without a cluster.
 
 RayJob status (KubeRay v1): `jobDeploymentStatus` is the cluster side (New, Initializing, Running,
 Complete, Failed, Suspending, Suspended, Retrying, Waiting, ValidationFailed), `jobStatus` the Ray job
-(PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED), `reason` why it failed (DeadlineExceeded, AppFailed, ...).
+(PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED), `reason` why it failed: KUBERAY_FAILURES says, for each, what
+it means to the user and whether a new attempt is worth it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,32 @@ def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class FailureKind:
+    """How the operator reads one of KubeRay's RayJob failure reasons."""
+
+    retry: bool  # a new attempt (which resumes from the latest checkpoint) can succeed where this one failed
+    meaning: str  # what happened, in the words of a FineTuneJob's user
+
+
+# Every JobFailedReason of KubeRay v1.6 (ray-operator/apis/ray/v1/rayjob_types.go). A reason this table lacks
+# (a newer KubeRay) is retried and quoted as KubeRay wrote it.
+KUBERAY_FAILURES: dict[str, FailureKind] = {
+    "AppFailed": FailureKind(True, "the training program exited with an error"),
+    "SubmissionFailed": FailureKind(True, "KubeRay could not submit the training program to the Ray head"),
+    "JobDeploymentStatusTransitionGracePeriodExceeded": FailureKind(
+        True,
+        "the submitter finished but the Ray job never reached a final state (the Ray head is unreachable or was lost)",
+    ),
+    "PreRunningDeadlineExceeded": FailureKind(
+        True, "the Ray cluster did not start running in time (pods unschedulable, or images still pulling)"
+    ),
+    "DeadlineExceeded": FailureKind(False, "runPolicy.activeDeadlineSeconds passed"),
+    "ValidationFailed": FailureKind(False, "KubeRay rejected the RayJob the operator rendered"),
+}
+UNKNOWN_FAILURE = FailureKind(True, "the RayJob failed")
 
 
 @dataclass(frozen=True)
@@ -77,12 +104,18 @@ class RayJobView:
         return "launching"
 
     @property
+    def failure_kind(self) -> FailureKind:
+        reason = self.reason or ("ValidationFailed" if self.deployment_status == "ValidationFailed" else "")
+        return KUBERAY_FAILURES.get(reason, UNKNOWN_FAILURE)
+
+    @property
     def failure(self) -> str:
-        """Why this attempt failed, in KubeRay's words."""
+        """Why this attempt failed: what it means, then KubeRay's own words (reason, job status, message)."""
         parts = [self.reason or self.deployment_status, self.message]
         if self.job_status and self.job_status != "SUCCEEDED":
             parts.insert(1, f"job {self.job_status}")
-        return ": ".join(p for p in parts if p)
+        kuberay = ": ".join(p for p in parts if p)
+        return f"{self.failure_kind.meaning} ({kuberay})" if kuberay else self.failure_kind.meaning
 
 
 @dataclass(frozen=True)
@@ -306,10 +339,9 @@ def _launch(b: _Builder, spec: FineTuneJobSpec, attempt: int) -> Decision:
 
 def _after_failure(b: _Builder, spec: FineTuneJobSpec, failed: RayJobView) -> Decision:
     """Attempt `failed` ended badly: start the next one (it resumes) or give up quoting the reason."""
-    reason = failed.failure or "the RayJob failed"
+    reason = failed.failure
     allowed = spec.run_policy.backoff_limit + 1
-    final = failed.reason == "DeadlineExceeded" or failed.deployment_status == "ValidationFailed"
-    if final:
+    if not failed.failure_kind.retry:  # another attempt would fail the same way
         return b.fail(failed.reason or "ValidationFailed", f"attempt {failed.attempt} failed: {reason}")
     if failed.attempt >= allowed:
         return b.fail(

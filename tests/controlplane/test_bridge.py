@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import secrets
 import shlex
@@ -77,7 +78,7 @@ def test_rendered_rayjob_trains_with_ray_job_submit(
             "model": {"source": f"s3://{bucket}/models/tiny-bert", "task": "text-classification", "numLabels": 2},
             "dataset": {"source": f"s3://{bucket}/data/{reviews.name}", "validationFraction": 0.2, "maxLength": 32},
             "training": {"epochs": 1, "batchSizePerWorker": 16, "learningRate": 0.001, "seed": 5},
-            "resources": {"workers": 2, "cpusPerWorker": 1},
+            "resources": {"workers": 2, "cpusPerWorker": 0.5},  # as quickstart-kind: Ray rounds a pod up to 1
             "storage": {"uri": f"s3://{bucket}/jobs", "endpoint": s3_server.endpoint, "credentialsSecret": "s3"},
             "checkpoint": {"everySteps": 10, "keep": 2},
         },
@@ -133,17 +134,39 @@ def run_rayjob_locally(control_plane: ControlPlane, cluster: Cluster, rayjob: di
     env["PATH"] = f"{BIN}:{env['PATH']}"
     # Ray 2.59's dashboard wants a token (as KubeRay's authOptions gives the head and the submitter).
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    head_log = (tmp_path / "ray-head.log").open("wb")
     ray_temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
-    ray_head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", f"--dashboard-port={dashboard}",
-         "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={ray_temp}"],
-        env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True,
+    gcs_port = free_port()
+    nodes: list[subprocess.Popen] = []
+
+    def start_node(name: str, *args: str) -> None:
+        """`ray start --block`, waited for: nodes started all at once on 2 cores time out registering."""
+        log_path = tmp_path / f"{name}.log"
+        node = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *args],
+            env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        nodes.append(node)
+        eventually(name, lambda: node.poll() is not None or "Ray runtime started" in log_path.read_text(), 120)
+        assert node.poll() is None, log_path.read_text()[-3000:]
+
+    # The Ray cluster KubeRay would start from this RayJob: the head with its rayStartParams, then each
+    # worker group's replicas, each a Ray node with the CPUs KubeRay derives from the container's limit.
+    cluster_spec = rayjob["spec"]["rayClusterSpec"]
+    head_params = cluster_spec["headGroupSpec"]["rayStartParams"]
+    start_node(
+        "ray-head", "--head", f"--port={gcs_port}", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+        f"--num-cpus={head_params['num-cpus']}", f"--temp-dir={ray_temp}",
     )  # fmt: skip
     try:
         address = f"http://127.0.0.1:{dashboard}"
-        eventually("Ray dashboard", lambda: ray_head.poll() is not None or _reachable(address), timeout=90)
-        assert ray_head.poll() is None, (tmp_path / "ray-head.log").read_text()[-3000:]
+        eventually("Ray dashboard", lambda: nodes[0].poll() is not None or _reachable(address), timeout=90)
+        for group in cluster_spec["workerGroupSpecs"]:
+            limit = group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+            for replica in range(group["replicas"]):
+                start_node(
+                    f"ray-{group['groupName']}-{replica}", f"--address=127.0.0.1:{gcs_port}",
+                    f"--num-cpus={math.ceil(float(limit))}",  # KubeRay rounds the limit up
+                )  # fmt: skip
         for _ in range(30):  # the head's job agent registers a few seconds after the dashboard answers
             submit = subprocess.run(
                 [str(BIN / "ray"), "job", "submit", f"--address={address}",
@@ -155,12 +178,24 @@ def run_rayjob_locally(control_plane: ControlPlane, cluster: Cluster, rayjob: di
             time.sleep(2)
         assert submit.returncode == 0, submit.stdout[-5000:] + submit.stderr[-3000:]
         assert "succeeded" in submit.stdout.lower(), submit.stdout[-3000:]
+        # One training worker per Ray worker node, as one per worker pod on KubeRay, so that DDP crosses the
+        # pod network. (Ray Train's own node_rank groups by IP, and here every node has the same IP: ask
+        # Ray's state API on which node each training worker actor ran.)
+        listed = subprocess.run(
+            [str(BIN / "ray"), "list", "actors", f"--address={address}", "--filter", "class_name=RayTrainWorker",
+             "--detail", "--format=json", "--limit=100"],
+            env=env, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        worker_nodes = [actor["node_id"] for actor in json.loads(listed.stdout)]
+        assert len(worker_nodes) == 2 and len(set(worker_nodes)) == 2, listed.stdout[-3000:]
     finally:
-        os.killpg(ray_head.pid, signal.SIGTERM)
-        try:
-            ray_head.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(ray_head.pid, signal.SIGKILL)
+        for node in reversed(nodes):
+            os.killpg(node.pid, signal.SIGTERM)
+        for node in reversed(nodes):
+            try:
+                node.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
         shutil.rmtree(ray_temp, ignore_errors=True)
     # The reporter's last patch follows the final event: give the API a moment.
     eventually("final progress", lambda: (cluster.status("bridge").get("progress") or {}).get("percent") == 100, 10)

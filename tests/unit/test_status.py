@@ -6,10 +6,19 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 import yaml
 
 from edgetune_operator.api import FineTuneJobSpec, FineTuneJobStatus, parse_job
-from edgetune_operator.status import Decision, ExportJobView, RayJobView, decide, held, status_patch
+from edgetune_operator.status import (
+    KUBERAY_FAILURES,
+    Decision,
+    ExportJobView,
+    RayJobView,
+    decide,
+    held,
+    status_patch,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -139,6 +148,37 @@ def test_gives_up_after_backoff_limit_quoting_the_last_failure() -> None:
     message = next(c for c in decision.status.conditions if c.type == "Failed").message
     assert "gave up after 2 attempts" in message and "CUDA error" in message
     assert decision.status.completion_time == "2026-11-24T12:00:00Z"
+
+
+@pytest.mark.parametrize("reason", sorted(KUBERAY_FAILURES))
+def test_every_kuberay_failure_reason_has_a_meaning_and_a_retry_decision(reason: str) -> None:
+    decision = run([rayjob(1, "Failed", "FAILED", reason, "KubeRay's message")])
+    kind = KUBERAY_FAILURES[reason]
+    if kind.retry:
+        assert decision.create_attempt == 2 and decision.status.phase == "Launching"
+        event = next(e for e in decision.events if e.reason == "AttemptFailed")
+        assert kind.meaning in event.message and reason in event.message and "KubeRay's message" in event.message
+    else:
+        assert decision.create_attempt is None and decision.status.phase == "Failed"
+        assert condition(decision, "Failed") == ("True", reason)
+        message = next(c for c in decision.status.conditions if c.type == "Failed").message
+        assert kind.meaning in message and "KubeRay's message" in message
+
+
+def test_the_grace_period_failure_seen_with_real_kuberay_is_retried_and_explained() -> None:
+    # Real KubeRay v1.6.2 set this when its submitter finished but the head never answered.
+    message = "The RayJob submitter finished at 2026-12-02T07:00:00Z but the ray job did not reach terminal state"
+    decision = run([rayjob(1, "Failed", "", "JobDeploymentStatusTransitionGracePeriodExceeded", message)])
+    assert decision.create_attempt == 2
+    event = next(e for e in decision.events if e.reason == "AttemptFailed").message
+    assert "never reached a final state" in event and "JobDeploymentStatusTransitionGracePeriodExceeded" in event
+
+
+def test_an_unknown_failure_reason_is_retried_and_quoted() -> None:
+    decision = run([rayjob(1, "Failed", "FAILED", "SomethingNewInKubeRay", "details")])
+    assert decision.create_attempt == 2
+    event = next(e for e in decision.events if e.reason == "AttemptFailed").message
+    assert "SomethingNewInKubeRay" in event and "details" in event
 
 
 def test_deadline_and_validation_failures_are_not_retried() -> None:

@@ -27,6 +27,11 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--address", default=None, help="Ray address (default: the running cluster, or a new local one)"
     )
+    parser.add_argument(
+        "--one-worker-per-node",
+        action="store_true",
+        help="place each training worker on a Ray node of its own (a KubeRay worker pod sized for one)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text(encoding="utf-8")
@@ -52,6 +57,7 @@ def train_main(argv: list[str] | None = None) -> int:
             fresh=args.fresh,
             max_failures=args.max_failures,
             ray_init={"address": args.address} if args.address else None,
+            one_worker_per_node=args.one_worker_per_node,
         )
     except Exception as err:  # every failure ends as one readable line for the RayJob's status
         print(f"edgetune-train: {err}", file=sys.stderr)

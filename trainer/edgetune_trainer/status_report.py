@@ -8,8 +8,10 @@ job (resourceNames) and nothing else; workers mount no token at all.
 
 It speaks plain HTTPS with the pod's ServiceAccount token (no Kubernetes client in the trainer) and sends
 merge patches of `status.progress` and `status.latestCheckpoint` only, the fields the operator never
-writes. Progress is throttled (`min_interval`); checkpoint, eval and final events go at once. A failed
-patch is logged and dropped: reporting must never stop training.
+writes. Progress is throttled (`min_interval`); checkpoint, eval and final events go at once. A checkpoint
+report older than the progress already sent moves only `latestCheckpoint`, so `kubectl get ftj` never shows
+progress going backwards (after a worker-group restart, rank 0's own progress does go back, and is shown).
+A failed patch is logged and dropped: reporting must never stop training.
 """
 
 from __future__ import annotations
@@ -88,6 +90,12 @@ class StatusReporter:
         return cls(ApiEndpoint.from_environment(), namespace, name, checkpoint_uri)
 
     def __call__(self, event: ProgressEvent) -> None:
+        if event.kind == "checkpoint" and event.step < self.progress.get("step", -1):
+            # Checkpoint reports reach the driver by a slower road (Ray Train's controller) than rank 0's
+            # progress: by now training is past this step. Record the checkpoint; keep the newer progress.
+            if event.checkpoint:
+                self._send({"latestCheckpoint": self.checkpoint_uri(event.checkpoint)})
+            return
         progress = self.progress
         progress.update(epoch=event.epoch, step=event.step, totalSteps=event.total_steps, percent=event.percent)
         if event.loss is not None:

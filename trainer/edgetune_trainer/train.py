@@ -146,6 +146,7 @@ def run_training(
     max_failures: int = 2,
     ray_init: dict[str, Any] | None = None,
     retry: RetryPolicy | None = None,
+    one_worker_per_node: bool = False,
 ) -> TrainResult:
     """Train `config` to completion (resuming from its latest intact checkpoint) and write the model.
     A run whose model is already written for this plan is not trained again (`fresh` starts over)."""
@@ -159,7 +160,9 @@ def run_training(
             prepared.finished.model_uri,
         )
         return prepared.finished
-    return launch_training(prepared, sinks=sinks, max_failures=max_failures, ray_init=ray_init)
+    return launch_training(
+        prepared, sinks=sinks, max_failures=max_failures, ray_init=ray_init, one_worker_per_node=one_worker_per_node
+    )
 
 
 def launch_training(
@@ -168,8 +171,14 @@ def launch_training(
     sinks: Sequence[ProgressSink] = (log_sink,),
     max_failures: int = 2,
     ray_init: dict[str, Any] | None = None,
+    one_worker_per_node: bool = False,
 ) -> TrainResult:
-    """Run the prepared training on Ray (started here unless it already runs) and wait for it."""
+    """Run the prepared training on Ray (started here unless it already runs) and wait for it.
+
+    `one_worker_per_node`: each training worker on a Ray node of its own (STRICT_SPREAD), for a cluster
+    whose worker pods are each sized for one worker (KubeRay's, as the operator renders it). Ray rounds a
+    pod's fractional CPU limit up, so without it two 0.5-CPU workers would share one pod and leave the
+    other idle. Locally (one Ray node) workers pack."""
     config, storage, base_dir = prepared.config, prepared.storage, prepared.base_dir
     if not ray.is_initialized():
         ray.init(**(ray_init or {}))
@@ -186,7 +195,10 @@ def launch_training(
             "progress_queue": pump.queue,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=config.scaling.workers, use_gpu=gpus > 0, resources_per_worker=resources
+            num_workers=config.scaling.workers,
+            use_gpu=gpus > 0,
+            resources_per_worker=resources,
+            placement_strategy="STRICT_SPREAD" if one_worker_per_node else "PACK",
         ),
         run_config=ray.train.RunConfig(
             name=ckpt.CHECKPOINTS_KEY,
