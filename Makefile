@@ -1,6 +1,7 @@
 # The two commands a fresh clone needs (see README.md):
 #   make quickstart   install, then run examples/quickstart.yaml locally
-#   make test         install, build the test control plane and fetch helm/kubectl (cached), lint, run every tier
+#   make test         install, build the test control plane and KubeRay's operator and fetch helm/kubectl
+#                     (all cached), lint, run every tier
 # Everything installs from pinned files (constraints.txt, hack/k8s-build/go.sum); nothing by hand.
 PY := .venv/bin/python
 
@@ -10,6 +11,7 @@ setup:
 
 k8s:
 	./hack/build-k8s.sh
+	./hack/build-kuberay.sh
 
 tools:
 	./hack/fetch-helm.sh

@@ -253,10 +253,13 @@ def render_rayjob(
             }
         ],
     }
-    if resources.node_selector:
-        worker_pod["nodeSelector"] = dict(resources.node_selector)
-    if resources.tolerations:
-        worker_pod["tolerations"] = [t.to_dict() for t in resources.tolerations]
+    # The head goes to the training pool too: it holds the driver and the GCS, and a head left unplaced could
+    # land on any untainted node, outside the pool the user chose for this job.
+    for pod in (head_pod, worker_pod):
+        if resources.node_selector:
+            pod["nodeSelector"] = dict(resources.node_selector)
+        if resources.tolerations:
+            pod["tolerations"] = [t.to_dict() for t in resources.tolerations]
 
     labels = _labels(job, "trainer", **{LABEL_ATTEMPT: str(attempt)})
     if run_policy.queue_name:

@@ -66,6 +66,7 @@ def test_rayjob_fields() -> None:
     }
     head = body["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     assert head["serviceAccountName"] == "bert-imdb-trainer"
+    assert head["nodeSelector"] == {"nvidia.com/gpu.present": "true"}  # the pool of the job, as its workers
     head_env = {e["name"]: e.get("value") for e in head["containers"][0]["env"]}
     assert head_env["EDGETUNE_STATUS_TARGET"] == "team-a/bert-imdb"
     assert head["volumes"][0]["configMap"]["name"] == "bert-imdb-a2-config"

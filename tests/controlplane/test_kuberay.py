@@ -1,0 +1,168 @@
+"""Real KubeRay on the test control plane: v1.6.2's operator (built by hack/build-kuberay.sh from the same Go
+module as its image) reconciles the RayJob edgetune's operator renders for each cluster example. KubeRay's own
+reconcile must produce the RayCluster and place the head and every worker on the intended KWOK nodes (the GPU
+pool, never the tainted edge nodes). With no Ray behind KWOK's pods KubeRay then fails the RayJob, and the
+FineTuneJob must say why in words, and retry.
+
+KubeRay watches only this test's namespace: every other test keeps playing KubeRay's statuses by hand without
+a controller fighting it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import pytest
+import yaml
+from ftjcluster import Cluster, eventually
+from kubeenv import EDGE_LABEL, REPO_ROOT, ControlPlane, edgetune_cache, free_ports
+from kubernetes.client.exceptions import ApiException
+from operatorproc import OperatorProcess
+
+from edgetune_operator.status import KUBERAY_FAILURES
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
+KUBERAY_VERSION = "v1.6.2"  # hack/images/versions.sh
+BUILD_SCRIPT = "hack/build-kuberay.sh"
+GPU_LABEL = "nvidia.com/gpu.present"
+
+
+def kuberay_home() -> Path:
+    """Where hack/build-kuberay.sh keeps the operator and its CRDs (keep in sync with that script)."""
+    return edgetune_cache("EDGETUNE_KUBERAY_CACHE", "kuberay", KUBERAY_VERSION)
+
+
+def install_missing_crds(api: kubernetes.client.ApiClient, crd_dir: Path) -> None:
+    """KubeRay's controllers need every ray.io CRD; the session already has v1.7.0's RayJob and RayCluster
+    (the newest schema, which the other tests validate against), so only the others are added."""
+    extensions = kubernetes.client.ApiextensionsV1Api(api)
+    present = {crd.metadata.name for crd in extensions.list_custom_resource_definition().items}
+    for path in sorted(crd_dir.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        name = crd["metadata"]["name"]
+        if name in present:
+            continue
+        try:
+            extensions.create_custom_resource_definition(crd)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+
+        def established(name: str = name) -> bool:
+            conditions = extensions.read_custom_resource_definition(name).status.conditions or []
+            return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+        eventually(f"CRD {name} established", established)
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def kuberay(
+    control_plane: ControlPlane, kube_api: kubernetes.client.ApiClient, namespace: str, tmp_path: Path
+) -> Iterator[Path]:
+    home = kuberay_home()
+    binary = home / "bin" / "kuberay-operator"
+    if not binary.is_file():
+        pytest.fail(f"{binary} not found: build it once with `{BUILD_SCRIPT}` (a few minutes)", pytrace=False)
+    install_missing_crds(kube_api, home / "crds")
+    metrics_port, probe_port = free_ports(2)
+    log = tmp_path / "kuberay.log"
+    process = subprocess.Popen(
+        [str(binary), f"--watch-namespace={namespace}", f"--metrics-addr=127.0.0.1:{metrics_port}",
+         f"--health-probe-bind-address=127.0.0.1:{probe_port}", "--enable-leader-election=false",
+         "--log-stdout-encoder=console"],
+        env={**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)},
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        eventually("KubeRay healthy", lambda: process.poll() is not None or healthy(probe_port), timeout=60)
+        assert process.poll() is None, log.read_text()[-3000:]
+        yield log
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def example(name: str) -> dict[str, Any]:
+    document = yaml.safe_load((REPO_ROOT / "examples" / f"{name}.yaml").read_text())
+    document["metadata"] = {"name": name}
+    return document
+
+
+def ray_pods(cluster: Cluster, raycluster: str) -> list[Any]:
+    return cluster.core.list_namespaced_pod(cluster.namespace, label_selector=f"ray.io/cluster={raycluster}").items
+
+
+@pytest.mark.parametrize("name", ["bert-imdb", "resnet-cifar10"])
+def test_kuberay_places_the_rendered_ray_cluster_on_the_gpu_pool(
+    name: str, kuberay: Path, operator: OperatorProcess, cluster: Cluster
+) -> None:
+    cluster.create_secret()
+    document = example(name)
+    cluster.apply(document)
+    rayjob = eventually("RayJob", lambda: cluster.rayjobs(name))[0]
+
+    def raycluster() -> dict[str, Any] | None:
+        items = cluster.custom.list_namespaced_custom_object("ray.io", "v1", cluster.namespace, "rayclusters")
+        owned = [
+            c
+            for c in items["items"]
+            if any(o["uid"] == rayjob["metadata"]["uid"] for o in c["metadata"].get("ownerReferences", []))
+        ]
+        return owned[0] if owned else None
+
+    made = eventually("KubeRay's RayCluster", raycluster, timeout=60)
+    workers = document["spec"]["resources"]["workers"]
+    assert made["spec"]["workerGroupSpecs"][0]["replicas"] == workers
+
+    def placed() -> list[Any] | None:
+        pods = ray_pods(cluster, made["metadata"]["name"])
+        return pods if len(pods) == 1 + workers and all(p.spec.node_name for p in pods) else None
+
+    pods = eventually(f"head and {workers} workers placed", placed, timeout=90)
+    kinds = sorted(p.metadata.labels["ray.io/node-type"] for p in pods)
+    assert kinds == ["head"] + ["worker"] * workers
+    for pod in pods:
+        labels = cluster.core.read_node(pod.spec.node_name).metadata.labels
+        assert labels.get(GPU_LABEL) == "true" and EDGE_LABEL not in labels, (pod.metadata.name, labels)
+
+
+def test_kuberay_failing_the_attempt_reads_as_a_reason_and_a_retry(
+    kuberay: Path, operator: OperatorProcess, cluster: Cluster
+) -> None:
+    """KWOK's pods run no Ray: KubeRay fails attempt 1 with one of its reasons, which the job explains."""
+    cluster.create_secret()
+    document = example("bert-imdb")
+    document["spec"]["runPolicy"] = {"backoffLimit": 1}
+    cluster.apply(document)
+
+    def failed_attempt() -> dict[str, Any] | None:
+        first = next((r for r in cluster.rayjobs("bert-imdb") if r["metadata"]["name"] == "bert-imdb-a1"), {})
+        status = first.get("status") or {}
+        return status if status.get("jobDeploymentStatus") == "Failed" else None
+
+    first = eventually("KubeRay fails attempt 1", failed_attempt, timeout=240)
+    assert first.get("reason") in KUBERAY_FAILURES, first  # a reason the operator knows
+    meaning = KUBERAY_FAILURES[first["reason"]].meaning
+    cluster.has_events("bert-imdb", ("Warning", "AttemptFailed"))
+    events = cluster.core.list_namespaced_event(cluster.namespace, field_selector="involvedObject.name=bert-imdb")
+    failure = next(e.message for e in events.items if e.reason == "AttemptFailed")
+    assert meaning in failure and first["reason"] in failure, failure
+    eventually("attempt 2", lambda: cluster.status("bert-imdb").get("attempt") == 2)
