@@ -37,8 +37,8 @@ chart: crd
 lock:
 	./hack/lock.sh
 
-# End to end on kind (hack/e2e-kind.sh): needs a Docker engine; every image is pulled, or built here where
-# no registry answers (hack/images/). Not yet part of `make test`: see README "End to end on kind".
+# End to end on kind (hack/e2e-kind.sh) on its own: needs a Docker engine; every image is pulled, or built here
+# where no registry answers (hack/images/). `make test` runs it too (tests/e2e) wherever an engine answers.
 .PHONY: e2e
 e2e: setup k8s tools
 	./hack/e2e-kind.sh

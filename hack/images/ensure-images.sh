@@ -18,6 +18,17 @@ MINIO=$(sed -n 's/^ *tag: *\(RELEASE\..*\)$/quay.io\/minio\/minio:\1/p' "$REPO_R
 [[ -n $MINIO ]] || { images_log "no MinIO tag found in charts/edgetune/values.yaml"; exit 1; }
 
 start=$SECONDS
+# ensure NAME BUILDER KEY: ensure_image, then drop the image a rebuild replaced (GBs for the kind node), unless
+# another tag or a container still uses it.
+ensure() {
+  local before after
+  before=$(image_id "$1" 2> /dev/null || true)
+  ensure_image "$@"
+  after=$(image_id "$1")
+  if [[ -n $before && $before != "$after" ]]; then
+    docker rmi "$before" > /dev/null 2>&1 || true
+  fi
+}
 # A base is needed only to build something on it; try the images themselves first.
 needs_debian() {
   local image
@@ -27,23 +38,23 @@ needs_debian() {
   return 1
 }
 if needs_debian; then
-  ensure_image "$DEBIAN" "$IMAGES_DIR/debian.sh" "$(content_key "$IMAGES_DIR/debian.sh")"
+  ensure "$DEBIAN" "$IMAGES_DIR/debian.sh" "$(content_key "$IMAGES_DIR/debian.sh")"
 fi
-ensure_image "$PYTHON" "$IMAGES_DIR/python.sh" \
+ensure "$PYTHON" "$IMAGES_DIR/python.sh" \
   "$(content_key "$IMAGES_DIR/python.sh" "$IMAGES_DIR/python/Dockerfile" "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
-ensure_image "$RAY" "$IMAGES_DIR/ray.sh" \
+ensure "$RAY" "$IMAGES_DIR/ray.sh" \
   "$(content_key "$IMAGES_DIR/ray.sh" "$IMAGES_DIR/ray/Dockerfile" "$REPO_ROOT/constraints.txt" "$(image_id "$PYTHON")")"
 control_plane_stamp=$("$REPO_ROOT/hack/build-k8s.sh" 2> /dev/null | tail -1)/../stamp
-ensure_image "$NODE" "$IMAGES_DIR/kind-node.sh" \
+ensure "$NODE" "$IMAGES_DIR/kind-node.sh" \
   "$(content_key "$IMAGES_DIR/kind-node.sh" "$IMAGES_DIR/versions.sh" "$IMAGES_DIR/lib.sh" \
     "$(tree_key "$IMAGES_DIR/kind-node" "$REPO_ROOT/hack/runc-fit")" \
     "$REPO_ROOT/hack/node-build/go.mod" "$REPO_ROOT/hack/node-build/go.sum" "$control_plane_stamp" \
     "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
-ensure_image "$KUBERAY" "$IMAGES_DIR/kuberay.sh" \
+ensure "$KUBERAY" "$IMAGES_DIR/kuberay.sh" \
   "$(content_key "$IMAGES_DIR/kuberay.sh" "$(tree_key "$IMAGES_DIR/kuberay")")"
-ensure_image "$MINIO" "$IMAGES_DIR/minio.sh" \
+ensure "$MINIO" "$IMAGES_DIR/minio.sh" \
   "$(content_key "$IMAGES_DIR/minio.sh" "$(tree_key "$IMAGES_DIR/minio")" "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
-ensure_image "$REGISTRY" "$IMAGES_DIR/registry.sh" \
+ensure "$REGISTRY" "$IMAGES_DIR/registry.sh" \
   "$(content_key "$IMAGES_DIR/registry.sh" "$IMAGES_DIR/versions.sh" "$(tree_key "$IMAGES_DIR/registry")" \
     "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
 images_log "all images ready in $((SECONDS - start)) s"

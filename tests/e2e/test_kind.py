@@ -17,7 +17,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "hack" / "e2e-kind.sh"
-TIMEOUT_S = 3000  # the script's own E2E_TIMEOUT (2400 s) fails it first, naming its step
+TIMEOUT_S = 3800  # the script's own E2E_TIMEOUT (3600 s) fails it first, naming its step
 TERM_GRACE_S = 180  # after a timeout: time for the script's trap to dump diagnostics and delete the cluster
 
 
