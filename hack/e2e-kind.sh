@@ -338,7 +338,7 @@ scrape_metrics() {  # once, while the job trains: the operator's /metrics and ra
   [[ -n $workers ]] || return 0
   port_forward "$RELEASE_NS" svc/edgetune-operator-metrics 18080:8080
   for worker in $workers; do
-    port_forward "$NAMESPACE" "pod/$worker" "$port:8080"
+    port_forward "$NAMESPACE" "pod/$worker" "$port:8090"
     port=$((port + 1))
   done
   sleep 3

@@ -33,7 +33,11 @@ ANNOTATION_SUSPENDED_BY = "edgetune.dev/suspended-by"
 
 CONFIG_DIR = "/etc/edgetune"
 CONFIG_FILE = "trainer-config.json"
-METRICS_PORT = 8080
+# The trainer's Prometheus endpoint (rank 0) on each worker pod. Not 8080, and not named "metrics": KubeRay
+# starts every Ray node with --metrics-export-port=8080 and adds a port named "metrics" for it unless the
+# pod already has one; on 8080 rank 0's endpoint found the port taken (seen on kind) and served nothing.
+METRICS_PORT = 8090
+METRICS_PORT_NAME = "train-metrics"
 TERMINATION_LOG = "/dev/termination-log"
 
 # KubeRay appends "-" + 5 characters to a RayJob's name to name its RayCluster (at most 53), hence 47;
@@ -247,7 +251,7 @@ def render_rayjob(
                 "name": "ray-worker",
                 "image": image,
                 "resources": {"requests": dict(worker_limits), "limits": dict(worker_limits)},
-                "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+                "ports": [{"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT}],
                 "env": [*copy.deepcopy(env), {"name": "EDGETUNE_METRICS_PORT", "value": str(METRICS_PORT)}],
                 "securityContext": security,
             }

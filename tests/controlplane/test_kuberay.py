@@ -11,6 +11,7 @@ a controller fighting it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import urllib.request
@@ -142,6 +143,19 @@ def test_kuberay_places_the_rendered_ray_cluster_on_the_gpu_pool(
     for pod in pods:
         labels = cluster.core.read_node(pod.spec.node_name).metadata.labels
         assert labels.get(GPU_LABEL) == "true" and EDGE_LABEL not in labels, (pod.metadata.name, labels)
+        assert_no_port_clash(pod.spec.containers[0])
+
+
+def assert_no_port_clash(container: Any) -> None:
+    """The ports KubeRay adds (and gives `ray start`) and the trainer's own metrics port must all differ: on
+    kind, rank 0's endpoint found 8080 taken by Ray's metrics exporter and served nothing."""
+    ports = container.ports or []
+    assert len({p.container_port for p in ports}) == len(ports), ports
+    assert len({p.name for p in ports}) == len(ports), ports
+    command = " ".join([*(container.command or []), *(container.args or [])])
+    ray_ports = {int(port) for port in re.findall(r"--[a-z-]*port=(\d+)", command)}
+    ours = next((int(e.value) for e in container.env or [] if e.name == "EDGETUNE_METRICS_PORT"), None)
+    assert ray_ports and ours not in ray_ports, (ours, command)
 
 
 def test_kuberay_failing_the_attempt_reads_as_a_reason_and_a_retry(

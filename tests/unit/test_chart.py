@@ -136,7 +136,7 @@ def test_monitors_render_only_when_the_prometheus_operator_crds_exist() -> None:
     (pod_monitor,) = kinds(documents, "PodMonitor")
     assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
     endpoint = pod_monitor["spec"]["podMetricsEndpoints"][0]
-    assert endpoint["port"] == "metrics" and endpoint["honorLabels"] is True
+    assert endpoint["port"] == "train-metrics" and endpoint["honorLabels"] is True
     off = {"metrics": {"serviceMonitor": {"enabled": False}, "podMonitor": {"enabled": False}}}
     assert not kinds(template(off, api_versions=MONITORING), "ServiceMonitor")
 

@@ -56,7 +56,7 @@ def test_rayjob_fields() -> None:
     container = pod["containers"][0]
     assert container["image"] == "reg/trainer:1"
     assert container["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
-    assert {"name": "metrics", "containerPort": 8080} in container["ports"]
+    assert {"name": "train-metrics", "containerPort": 8090} in container["ports"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["automountServiceAccountToken"] is False
     env = {e["name"]: e for e in container["env"]}

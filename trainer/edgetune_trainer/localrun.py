@@ -326,7 +326,7 @@ def run_local(config_for: Callable[[StorageSpec], TrainJobConfig], requested: St
         local = LocalStorage.open(requested, options.storage_dir, options.embedded_data_dir)
         try:
             # Ray's local workers inherit the environment present at ray.init: credentials go in first.
-            # Metrics stay off unless asked for: no Prometheus scrapes a laptop, and port 8080 may be taken.
+            # Metrics stay off unless asked for: no Prometheus scrapes a laptop, and the port may be taken.
             with scoped_environ({**local.credentials, PORT_ENV: os.environ.get(PORT_ENV, "0")}):
                 run = LocalRun(config_for(local.spec), local, options, console if live else None)
                 summary = run.execute()

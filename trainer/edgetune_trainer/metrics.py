@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_se
 log = logging.getLogger(__name__)
 
 PORT_ENV = "EDGETUNE_METRICS_PORT"
-DEFAULT_PORT = 8080
+DEFAULT_PORT = 8090  # Ray itself exports its metrics on 8080 in KubeRay's pods
 LABELS = ("namespace", "job")
 
 
@@ -43,7 +43,7 @@ class TrainMetrics:
         )
 
     def serve(self, port: int | None = None) -> int | None:
-        """Start the HTTP endpoint (port from EDGETUNE_METRICS_PORT, default 8080; 0 turns it off)."""
+        """Start the HTTP endpoint (port from EDGETUNE_METRICS_PORT, default 8090; 0 turns it off)."""
         port = int(os.environ.get(PORT_ENV, DEFAULT_PORT)) if port is None else port
         if port == 0:
             return None
