@@ -20,7 +20,8 @@
 #   KIND_NODE_IMAGE    node image (kindest/node:v1.35.4: the Kubernetes of the project's tools and tests)
 #   KUBERAY_VERSION    KubeRay operator version (1.6.2)
 #   KUBERAY_CHART      KubeRay's chart: a folder, or empty for the kuberay Helm repository at KUBERAY_VERSION
-#                      (default: ../shared/kuberay/v1.6.2/chart/kuberay-operator when that folder exists)
+#                      (default: shared/kuberay/v1.6.2/chart/kuberay-operator in the folder above the checkout,
+#                      or the one above that, when it exists)
 #   E2E_TIMEOUT        seconds for the whole run, image builds included, before it fails naming its step (3600)
 #   E2E_FAULTS         0: skip the fault phase (1)
 #   JOB_TIMEOUT        seconds to wait for each FineTuneJob to succeed (900)
@@ -41,9 +42,16 @@ KEEP_CLUSTER=${KEEP_CLUSTER:-0}
 NAMESPACE=${NAMESPACE:-default}
 RELEASE_NS=${RELEASE_NS:-edgetune-system}
 KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-kindest/node:$K8S_VERSION}
-SHARED_KUBERAY_CHART=$ROOT/../shared/kuberay/v${KUBERAY_VERSION#v}/chart/kuberay-operator
 if [[ -z ${KUBERAY_CHART+set} ]]; then
-  if [[ -d $SHARED_KUBERAY_CHART ]]; then KUBERAY_CHART=$SHARED_KUBERAY_CHART; else KUBERAY_CHART=; fi
+  # The project's shared data sits next to a checkout (../shared), or next to a folder of checkouts.
+  KUBERAY_CHART=
+  for dir in "$ROOT/.." "$ROOT/../.."; do
+    chart=$dir/shared/kuberay/v${KUBERAY_VERSION#v}/chart/kuberay-operator
+    if [[ -f $chart/Chart.yaml ]]; then
+      KUBERAY_CHART=$(cd "$chart" && pwd)
+      break
+    fi
+  done
 fi
 E2E_TIMEOUT=${E2E_TIMEOUT:-3600}
 E2E_FAULTS=${E2E_FAULTS:-1}

@@ -178,16 +178,24 @@ def run_rayjob_locally(control_plane: ControlPlane, cluster: Cluster, rayjob: di
             time.sleep(2)
         assert submit.returncode == 0, submit.stdout[-5000:] + submit.stderr[-3000:]
         assert "succeeded" in submit.stdout.lower(), submit.stdout[-3000:]
+
         # One training worker per Ray worker node, as one per worker pod on KubeRay, so that DDP crosses the
         # pod network. (Ray Train's own node_rank groups by IP, and here every node has the same IP: ask
         # Ray's state API on which node each training worker actor ran.)
-        listed = subprocess.run(
-            [str(BIN / "ray"), "list", "actors", f"--address={address}", "--filter", "class_name=RayTrainWorker",
-             "--detail", "--format=json", "--limit=100"],
-            env=env, capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        worker_nodes = [actor["node_id"] for actor in json.loads(listed.stdout)]
-        assert len(worker_nodes) == 2 and len(set(worker_nodes)) == 2, listed.stdout[-3000:]
+        def ray_list(kind: str, *filters: str) -> list[dict]:
+            listed = subprocess.run(
+                [str(BIN / "ray"), "list", kind, f"--address={address}", *[f"--filter={f}" for f in filters],
+                 "--detail", "--format=json", "--limit=100"],
+                env=env, capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
+            return json.loads(listed.stdout)
+
+        worker_nodes = [actor["node_id"] for actor in ray_list("actors", "class_name=RayTrainWorker")]
+        assert len(worker_nodes) == 2 and len(set(worker_nodes)) == 2, worker_nodes
+        # The progress queue lives with the driver on the head, so losing a worker pod cannot take it along
+        # (on kind it had gone to a worker pod, and every restart after that pod's loss failed on it).
+        (head,) = [node["node_id"] for node in ray_list("nodes") if node["is_head_node"]]
+        assert [actor["node_id"] for actor in ray_list("actors", "class_name=_QueueActor")] == [head]
     finally:
         for node in reversed(nodes):
             os.killpg(node.pid, signal.SIGTERM)

@@ -31,6 +31,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.util.queue import Full
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -275,7 +276,13 @@ class Worker:
     def emit(self, event: dict[str, Any]) -> None:
         """Rank 0 sends an event to the driver; no barrier, no wait for the controller."""
         if self.rank == 0 and self.progress_queue is not None:
-            self.progress_queue.put_nowait((event, None))
+            try:
+                self.progress_queue.put_nowait((event, None))
+            except Full:  # the driver is behind: this event is dropped, the next one says more
+                log.debug("progress queue full: event dropped")
+            except Exception as err:  # progress is for watchers: losing its queue must not stop training
+                log.warning("progress events off (%s: %s); training goes on", type(err).__name__, err)
+                self.progress_queue = None
 
     def save_checkpoint(self) -> None:
         started = time.perf_counter()

@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+import ray
 import ray.train
 from ray.util.queue import Empty, Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 log = logging.getLogger("edgetune.progress")
 
@@ -71,7 +73,11 @@ class ProgressPump:
 
     def __init__(self, sinks: Sequence[ProgressSink]) -> None:
         self.sinks = list(sinks)
-        self.queue = Queue(maxsize=10_000)
+        # The queue's actor lives on the driver's node, which outlives any worker. Left to Ray, it needs a
+        # CPU to be placed, so on KubeRay (the head has num-cpus 0) it went to a worker pod; when that pod was
+        # lost (seen on kind), every restarted worker group failed writing to the dead queue, forever.
+        on_driver_node = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0, "scheduling_strategy": on_driver_node})
         self.events: list[ProgressEvent] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgetune-progress", daemon=True)
