@@ -55,7 +55,10 @@ class OperatorDefaults:
     ray_version: str = "2.59.0"
     storage: StorageSpec = field(default_factory=StorageSpec)
     head_cpu: str = "1"
-    head_memory: str = "2Gi"
+    # The head runs GCS, the dashboard, the driver and Ray Train's controller (each of the last two imports
+    # torch: about 570 MB apiece). On kind, 2Gi left it at 1986 MiB of 2048 after a worker-group restart, and
+    # Ray's memory monitor killed the training workers until the restarts ran out.
+    head_memory: str = "4Gi"
     max_worker_restarts: int = 3  # Ray Train worker-group restarts within one attempt
 
 
