@@ -111,8 +111,13 @@ fi
 [[ -z $KUBERAY_CHART || -f $KUBERAY_CHART/Chart.yaml ]] || die "KUBERAY_CHART=$KUBERAY_CHART holds no Chart.yaml"
 
 # The whole run has a deadline of its own, well inside CI's: past it, the run fails naming its step.
+# Its `sleep` must not outlive the run: it holds no output stream (a caller reading the run's output to its
+# end, as tests/e2e does, would otherwise wait for it), and the watchdog kills it when stopped.
 (
-  sleep "$E2E_TIMEOUT"
+  sleep "$E2E_TIMEOUT" > /dev/null 2>&1 &
+  sleeper=$!
+  trap 'kill "$sleeper" 2> /dev/null; exit 0' TERM
+  wait "$sleeper"
   echo "e2e-kind: the run passed its ${E2E_TIMEOUT} s limit (E2E_TIMEOUT)" >&2
   kill -TERM $$
 ) 2> /dev/null &

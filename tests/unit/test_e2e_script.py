@@ -1,0 +1,37 @@
+"""hack/e2e-kind.sh's own plumbing, without Docker: a fake `docker` that answers `info` and nothing else.
+
+Found in CI's run of the kind tier: the run had ended, but its watchdog's `sleep` held the output pipe open,
+so tests/e2e (which reads the script's output to its end) waited for the whole E2E_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = REPO_ROOT / "hack" / "e2e-kind.sh"
+
+
+def test_a_failed_run_ends_its_output_at_once(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fakes = {"docker": '[ "$1" = info ] && exit 0; exit 1', "kind": "exit 0", "helm": "exit 0", "kubectl": "exit 0"}
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHON": sys.executable,
+        "E2E_TIMEOUT": "600",
+        "EDGETUNE_BUILD_IMAGES": "0",  # nothing is built: the first missing image ends the run
+    }
+    process = subprocess.Popen(
+        ["bash", str(SCRIPT)], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output, _ = process.communicate(timeout=60)  # without the fix: blocks for E2E_TIMEOUT
+    assert process.returncode != 0
+    assert "cannot be pulled" in output and "e2e-kind: FAILED" in output, output[-3000:]
