@@ -437,15 +437,24 @@ PY
         [[ -n $pod ]] || return 0
         echo "  fault 1: deleting Ray worker pod $pod at step $s (latest checkpoint: step $c)"
         kubectl -n "$NAMESPACE" delete pod "$pod" --wait=false
-        KILLED_AT=$SECONDS KILLED_STEP=$s LOW=$s
+        KILLED_AT=$SECONDS KILLED_STEP=$s HIGH=$s LOW=
         FAULT=worker-recovery
         ;;
       worker-recovery)
-        # Ray Train restarts the worker group once KubeRay's replacement pod joins; progress goes back to
-        # the checkpoint it resumed from, then past the step of the loss. (Exact steps: the driver's log, below.)
-        ((s < LOW)) && LOW=$s
-        if ((LOW < KILLED_STEP && s > KILLED_STEP)); then
-          echo "  fault 1: training resumed (back to step $LOW) and passed step $KILLED_STEP again $((SECONDS - KILLED_AT)) s after the loss"
+        # The deleted pod drains for a while (Ray trains on until its node is gone), then Ray Train restarts
+        # the worker group once KubeRay's replacement pod joins: progress goes back to the checkpoint it
+        # resumed from, then past the highest step before. (Exact steps: the driver's log, below.)
+        if [[ -z $LOW ]]; then
+          ((s >= HIGH)) && HIGH=$s || LOW=$s
+        else
+          ((s < LOW)) && LOW=$s
+        fi
+        if [[ -n $LOW ]] && ((s > HIGH)); then
+          echo "  fault 1: training resumed (back to step $LOW) and passed step $HIGH again $((SECONDS - KILLED_AT)) s after the pod was deleted"
+          FAULT=operator
+        elif [[ -z $LOW ]] && ((SECONDS - KILLED_AT > 90 && s > KILLED_STEP + 3 * interval)); then
+          # Resumed from the very step the status last showed: no step went back, training went on.
+          echo "  fault 1: training went on past step $s, $((SECONDS - KILLED_AT)) s after the pod was deleted (no rewind shown in status)"
           FAULT=operator
         elif ((SECONDS - KILLED_AT > 300)); then
           die "training did not come back within 300 s of losing a worker"
