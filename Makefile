@@ -22,13 +22,16 @@ quickstart: setup
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports
 
 test: setup k8s tools lint
 	cd hack/runc-fit && GOWORK=off GOFLAGS=-mod=readonly go test ./...
 	$(PY) -m pytest
 
+# The CRD and the FineTuneJob reference page, both generated from the API models.
 crd: setup
 	.venv/bin/edgetune crd -o crds/finetunejobs.edgetune.dev.yaml
+	$(PY) -m edgetune_operator.apidocs docs/reference.md
 
 # The chart's generated files (its CRD copy, the operator's RBAC rules), from the Python sources.
 chart: crd

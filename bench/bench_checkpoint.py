@@ -36,9 +36,9 @@ common.use_repo_paths()
 
 from s3server import CREDENTIALS, S3Server  # noqa: E402
 
-from edgetune_trainer import checkpoint as ckpt  # noqa: E402
 from edgetune_trainer.config import StorageSpec  # noqa: E402
-from edgetune_trainer.storage import JobStorage  # noqa: E402
+from edgetune_trainer.storage.job import JobStorage  # noqa: E402
+from edgetune_trainer.training import checkpoint as ckpt  # noqa: E402
 
 GOAL = 0.8
 MB = {"quick": 20, "default": 200, "full": 1000}

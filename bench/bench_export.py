@@ -41,18 +41,13 @@ import torch
 sys.path.insert(0, str(common.ROOT / "trainer"))
 
 from edgetune_trainer import synthetic
-from edgetune_trainer.artifact import Preprocessing, load_artifact, save_artifact
 from edgetune_trainer.config import ExportTarget
-from edgetune_trainer.export import ExportOptions, ExportReport, export_model
-from edgetune_trainer.inference import (
-    LatencyStats,
-    ModelInputs,
-    TorchRunner,
-    logits_module,
-    measure_latency,
-)
-from edgetune_trainer.models import LoadedModel
-from edgetune_trainer.preprocess import encode_images, encode_texts
+from edgetune_trainer.export.inference import LatencyStats, ModelInputs, TorchRunner, logits_module, measure_latency
+from edgetune_trainer.export.pipeline import export_model
+from edgetune_trainer.export.report import ExportOptions, ExportReport
+from edgetune_trainer.model.artifact import Preprocessing
+from edgetune_trainer.model.loading import LoadedModel, load_artifact, save_artifact
+from edgetune_trainer.model.preprocess import encode_images, encode_texts
 
 GOALS = {"size_ratio": 0.26, "speedup": 2.0, "accuracy_drop": 0.5}
 RECIPE = "r2"  # part of the cache folder names: bump when the way the models are trained changes
@@ -163,7 +158,7 @@ def _images(folder: Path, per_class: int, seed: int) -> list[tuple[Any, int]]:
 
 
 def resnet_case(name: str, image_size: int, eval_count: int, cache: Path, retrain: bool, steps: int) -> Case:
-    from edgetune_trainer.models import build_torchvision
+    from edgetune_trainer.model.loading import build_torchvision
 
     artifact = cache / f"{name}-{image_size}-{RECIPE}"
     examples = _images(cache / f"images-eval-{eval_count}", max(1, eval_count // 3), seed=1)

@@ -2,7 +2,7 @@
 
 BERT-base is built from its config (BertConfig defaults: 12 layers, hidden 768, vocab 30522, 110 M parameters
 with a 2-label head; random init, no download) and trained on random token ids with the step edgetune's loop
-runs on a GPU (loop.py): `torch.autocast(cuda, bfloat16)`, cross-entropy on the float32 logits, backward,
+runs on a GPU (training/loop.py): `torch.autocast(cuda, bfloat16)`, cross-entropy on the float32 logits, backward,
 AdamW (fused), zero_grad. Throughput is timed with CUDA synchronisation over --steps steps after --warmup.
 
 MFU = achieved FLOP/s / the device's dense bf16 peak, with FLOPs = 6 x parameters x tokens (forward 2, backward

@@ -47,7 +47,7 @@ def run_edgetune(model_dir: Path, data: Path, workers: int, batch: int, warmup: 
     from s3server import CREDENTIALS, S3Server
 
     from edgetune_trainer.config import load_train_config
-    from edgetune_trainer.train import run_training
+    from edgetune_trainer.training.train import run_training
 
     os.environ.update(CREDENTIALS)
     os.environ["EDGETUNE_METRICS_PORT"] = "0"

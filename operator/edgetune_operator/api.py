@@ -17,24 +17,20 @@ from edgetune_trainer.config import (
     ApiModel,
     CheckpointSpec,
     DatasetSpec,
-    DnsLabel,
     ExportList,
     Loc,
     ModelSpec,
-    NodeSelector,
-    Quantity,
     ScalingSpec,
     StorageSpec,
     Toleration,
     TrainingSpec,
     TrainJobConfig,
-    check_label_value,
     cross_section_problems,
     known_field_names,
     raise_problems,
-    schema_only,
 )
 from edgetune_trainer.problems import ConfigError, Problem, from_validation_error, show_input
+from edgetune_trainer.rules import DnsLabel, NodeSelector, Quantity, check_label_value, schema_only
 
 GROUP = "edgetune.dev"
 VERSION = "v1alpha1"

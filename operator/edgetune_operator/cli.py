@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python
     # then installs no KeyboardInterrupt handler: Ctrl-C (or a SIGINT from a script) would do nothing.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from edgetune_trainer.localrun import RunOptions, run_local
+    from edgetune_trainer.local.run import RunOptions, run_local
 
     name, namespace = job.metadata.name, job.metadata.namespace or "local"
 
@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config, base_dir = trainer_config_for(args.file)
-    from edgetune_trainer.train import run_training
+    from edgetune_trainer.training.train import run_training
 
     result = run_training(config, base_dir=base_dir, fresh=args.fresh)
     print(json.dumps(result.summary()))
@@ -120,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     config, base_dir = trainer_config_for(args.file)
-    from edgetune_trainer import export_cli
+    from edgetune_trainer.export import cli as export_cli
 
     with tempfile.TemporaryDirectory(prefix="edgetune-") as folder:
         config_file = Path(folder) / "trainer-config.json"
@@ -129,7 +129,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from edgetune_trainer import predict
+    from edgetune_trainer.export import predict
 
     return predict.main(args.args[1:] if args.args[:1] == ["--"] else args.args)  # drop main()'s separator
 
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser(
         "predict",
-        add_help=False,  # `edgetune predict --help` shows edgetune_trainer.predict's own options
+        add_help=False,  # `edgetune predict --help` shows edgetune_trainer.export.predict's own options
         help="run an exported model on one input with onnxruntime: EXPORT INPUT [--endpoint URL] [--json]",
     )
     predict.add_argument("args", nargs=argparse.REMAINDER)

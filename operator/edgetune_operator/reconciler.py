@@ -47,7 +47,8 @@ from edgetune_operator.render import (
     render_rayjob,
     render_trainer_rbac,
 )
-from edgetune_operator.status import Decision, ExportJobView, RayJobView, decide, held, parse_time, status_patch
+from edgetune_operator.status import Decision, decide, held, status_patch
+from edgetune_operator.views import ExportJobView, RayJobView, parse_time
 
 log = logging.getLogger("edgetune.operator")
 

@@ -2,7 +2,7 @@
 
 Per attempt: a ConfigMap with the trainer's config and a KubeRay `RayJob` (ray.io/v1). Per job: a
 ServiceAccount with a Role that may only get and patch *this* job's status, so the Ray driver can report
-progress and the latest checkpoint (see `edgetune_trainer.status_report`). After training: one
+progress and the latest checkpoint (see `edgetune_trainer.training.status_report`). After training: one
 `batch/v1` Job per export target. Every child carries a controller ownerReference to the FineTuneJob,
 so the garbage collector removes it with the job; no finalizer is needed.
 

@@ -27,7 +27,7 @@ from kubeenv import EDGE_LABEL, REPO_ROOT, ControlPlane, edgetune_cache, free_po
 from kubernetes.client.exceptions import ApiException
 from operatorproc import OperatorProcess
 
-from edgetune_operator.status import KUBERAY_FAILURES
+from edgetune_operator.views import KUBERAY_FAILURES
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
 KUBERAY_VERSION = "v1.6.2"  # hack/images/versions.sh

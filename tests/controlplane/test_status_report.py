@@ -15,8 +15,8 @@ from kubeenv import ControlPlane
 from kubernetes.utils import create_from_dict
 
 from edgetune_operator.render import JobRef, render_trainer_rbac, trainer_account_name
-from edgetune_trainer.progress import ProgressEvent
-from edgetune_trainer.status_report import ApiEndpoint, StatusReporter
+from edgetune_trainer.training.progress import ProgressEvent
+from edgetune_trainer.training.status_report import ApiEndpoint, StatusReporter
 
 pytestmark = pytest.mark.controlplane
 

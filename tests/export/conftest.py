@@ -16,10 +16,10 @@ import pytest
 import torch
 from export_support import IMAGE_LABELS, IMAGE_SIZE, TEXT_LABELS, TEXT_LENGTH, Trained
 
-from edgetune_trainer.artifact import Preprocessing, save_artifact
 from edgetune_trainer.config import ModelSpec
-from edgetune_trainer.models import load_model
-from edgetune_trainer.preprocess import encode_images, encode_texts
+from edgetune_trainer.model.artifact import Preprocessing
+from edgetune_trainer.model.loading import load_model, save_artifact
+from edgetune_trainer.model.preprocess import encode_images, encode_texts
 from edgetune_trainer.synthetic import write_image_folder, write_reviews, write_tiny_bert
 
 

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgetune_trainer.artifact import Preprocessing
 from edgetune_trainer.config import ExportTarget
-from edgetune_trainer.export import ExportOptions, ExportReport, export_model
-from edgetune_trainer.models import LoadedModel
+from edgetune_trainer.export.pipeline import export_model
+from edgetune_trainer.export.report import ExportOptions, ExportReport
+from edgetune_trainer.model.artifact import Preprocessing
+from edgetune_trainer.model.loading import LoadedModel
 
 TEXT_LABELS = ["negative", "positive"]
 IMAGE_LABELS = ["red", "green", "blue"]

@@ -11,12 +11,15 @@ import pytest
 import torch
 from export_support import FAST, Trained, run_export, target
 
-from edgetune_trainer.artifact import ArtifactError, load_artifact, sha256_file
-from edgetune_trainer.export import ExportOptions, consolidate_external_data, export_model, export_onnx
-from edgetune_trainer.inference import ModelInputs, OrtRunner, TorchRunner, batched_logits, logits_module
-from edgetune_trainer.predict import ExportedClassifier
-from edgetune_trainer.preprocess import encode_texts
-from edgetune_trainer.quantize import Int8Quantizer, SensitivitySearch, logit_error
+from edgetune_trainer.export.graph import consolidate_external_data, export_onnx
+from edgetune_trainer.export.inference import ModelInputs, OrtRunner, TorchRunner, batched_logits, logits_module
+from edgetune_trainer.export.pipeline import export_model
+from edgetune_trainer.export.predict import ExportedClassifier
+from edgetune_trainer.export.quantize import Int8Quantizer, SensitivitySearch, logit_error
+from edgetune_trainer.export.report import ExportOptions
+from edgetune_trainer.model.artifact import ArtifactError, sha256_file
+from edgetune_trainer.model.loading import load_artifact
+from edgetune_trainer.model.preprocess import encode_texts
 
 pytestmark = pytest.mark.export
 
@@ -300,7 +303,7 @@ def test_corrupt_source_artifact_is_refused(text_model: Trained, tmp_path: Path)
 
 
 def test_no_eval_examples_is_an_error(text_model: Trained, tmp_path: Path) -> None:
-    from edgetune_trainer.export import ExportError
+    from edgetune_trainer.export.report import ExportError
 
     with pytest.raises(ExportError, match="no eval examples"):
         run_export(text_model, tmp_path / "out", examples=[])

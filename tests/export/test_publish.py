@@ -18,11 +18,13 @@ import pytest
 import yaml
 from export_support import FAST, Trained, run_export
 
-from edgetune_trainer import export_cli, predict
 from edgetune_trainer.config import TrainJobConfig, load_train_config
-from edgetune_trainer.export import ExportOptions, run_target
-from edgetune_trainer.predict import ExportedClassifier, ExportIntegrityError, fetch_export, verify_export
-from edgetune_trainer.storage import JobStorage
+from edgetune_trainer.export import cli as export_cli
+from edgetune_trainer.export import predict
+from edgetune_trainer.export.pipeline import run_target
+from edgetune_trainer.export.predict import ExportedClassifier, ExportIntegrityError, fetch_export, verify_export
+from edgetune_trainer.export.report import ExportOptions
+from edgetune_trainer.storage.job import JobStorage
 
 pytestmark = pytest.mark.export
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +68,7 @@ def test_predict_runs_a_copied_export_in_a_fresh_process(text_model: Trained, tm
 
     def run(text: str) -> list[str]:
         done = subprocess.run(
-            [sys.executable, "-m", "edgetune_trainer.predict", str(shipped), text],
+            [sys.executable, "-m", "edgetune_trainer.export.predict", str(shipped), text],
             capture_output=True,
             text=True,
             env=env,

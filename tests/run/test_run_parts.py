@@ -10,11 +10,11 @@ import pytest
 from rich.console import Console
 
 from edgetune_trainer.config import StorageSpec
-from edgetune_trainer.display import LiveDisplay
-from edgetune_trainer.embedded_s3 import CREDENTIALS, EmbeddedS3
-from edgetune_trainer.history import RunHistory
-from edgetune_trainer.progress import ProgressEvent
-from edgetune_trainer.storage import JobStorage
+from edgetune_trainer.local.display import LiveDisplay
+from edgetune_trainer.local.history import RunHistory
+from edgetune_trainer.storage.embedded_s3 import CREDENTIALS, EmbeddedS3
+from edgetune_trainer.storage.job import JobStorage
+from edgetune_trainer.training.progress import ProgressEvent
 
 pytestmark = [pytest.mark.trainer]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgetune_trainer import checkpoint as ckpt
 from edgetune_trainer.config import StorageSpec
-from edgetune_trainer.storage import JobStorage
+from edgetune_trainer.storage.job import JobStorage
+from edgetune_trainer.training import checkpoint as ckpt
 
 pytestmark = pytest.mark.trainer
 
@@ -62,7 +62,7 @@ def test_corrupt_and_partial_checkpoints_are_skipped_with_a_warning(storage: Job
     data[len(data) // 2] ^= 0xFF
     storage.write_bytes(f"{ckpt.CHECKPOINTS_KEY}/{corrupt}/{ckpt.STATE_FILE}", bytes(data))
     storage.filesystem.delete_file(storage.path(f"{ckpt.CHECKPOINTS_KEY}/{partial}/{ckpt.MANIFEST_FILE}"))
-    with caplog.at_level(logging.WARNING, logger="edgetune_trainer.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="edgetune_trainer.training.checkpoint"):
         point = ckpt.find_resume_point(storage)
     assert point is not None and point.manifest["step"] == 10
     warnings = "\n".join(r.getMessage() for r in caplog.records)
@@ -77,7 +77,7 @@ def test_a_checkpoint_whose_state_never_landed_is_skipped(storage: JobStorage, c
     upload(storage, 10)
     orphan = upload(storage, 20)
     storage.filesystem.delete_file(storage.path(f"{ckpt.CHECKPOINTS_KEY}/{orphan}/{ckpt.STATE_FILE}"))
-    with caplog.at_level(logging.WARNING, logger="edgetune_trainer.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="edgetune_trainer.training.checkpoint"):
         point = ckpt.find_resume_point(storage)
     print(f"FIGURE: manifest without state.pt -> resumed from step {point.manifest['step'] if point else None}")
     assert point is not None and point.manifest["step"] == 10

@@ -15,9 +15,9 @@ from jobconfigs import job_config
 
 from edgetune_trainer.config import load_train_config
 from edgetune_trainer.data import Examples, ImageRef, read_examples, shard, split_examples
-from edgetune_trainer.loop import load_job_model
-from edgetune_trainer.storage import JobStorage
+from edgetune_trainer.storage.job import JobStorage
 from edgetune_trainer.synthetic import write_image_folder
+from edgetune_trainer.training.loop import load_job_model
 
 pytestmark = pytest.mark.trainer
 

@@ -11,9 +11,10 @@ from jobconfigs import job_config
 
 from edgetune_trainer.config import StorageSpec, load_train_config
 from edgetune_trainer.data import DataError
-from edgetune_trainer.models import ModelLoadError
-from edgetune_trainer.storage import JobStorage, RetryPolicy, StorageError
-from edgetune_trainer.train import run_training
+from edgetune_trainer.model.loading import ModelLoadError
+from edgetune_trainer.storage.job import JobStorage
+from edgetune_trainer.storage.retry import RetryPolicy, StorageError
+from edgetune_trainer.training.train import run_training
 
 pytestmark = pytest.mark.trainer
 
@@ -111,7 +112,7 @@ class _Dead:
 
 
 def test_plan_is_exact() -> None:
-    from edgetune_trainer.loop import make_plan
+    from edgetune_trainer.training.plan import make_plan
 
     config = load_train_config(job_config("p", "b-b-b", _Dead(), Path("m"), Path("d")))
     plan = make_plan(config, shard_size=320)

@@ -9,12 +9,11 @@ import pytest
 import torch
 from jobconfigs import job_config
 
-from edgetune_trainer.artifact import load_artifact
 from edgetune_trainer.config import load_train_config
-from edgetune_trainer.models import build_torchvision
-from edgetune_trainer.storage import JobStorage
+from edgetune_trainer.model.loading import build_torchvision, load_artifact
+from edgetune_trainer.storage.job import JobStorage
 from edgetune_trainer.synthetic import write_image_folder
-from edgetune_trainer.train import run_training
+from edgetune_trainer.training.train import run_training
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 

@@ -2,7 +2,7 @@
 (tests/faultproxy.py) that refuses connections or black-holes them, for 60 s or for good.
 
 A checkpoint is saved as rank 0 saves it in training: `checkpoint.write_checkpoint` into a local folder,
-then `checkpoint.upload_checkpoint` (the `checkpoint_upload_fn` that loop.py hands to Ray Train); the
+then `checkpoint.upload_checkpoint` (the `checkpoint_upload_fn` that training/loop.py hands to Ray Train); the
 last test is a whole training run on the local Ray cluster."""
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from jobconfigs import job_config
 from test_checkpoint import state as checkpoint_state
 from test_checkpoint import upload
 
-from edgetune_trainer import checkpoint as ckpt
 from edgetune_trainer.config import StorageSpec, load_train_config
-from edgetune_trainer.loop import MODEL_KEY
-from edgetune_trainer.models import ARTIFACT_FILE
-from edgetune_trainer.progress import ProgressEvent
-from edgetune_trainer.storage import JobStorage, RetryPolicy, StorageError
-from edgetune_trainer.train import run_training
+from edgetune_trainer.model.artifact import ARTIFACT_FILE, MODEL_KEY
+from edgetune_trainer.storage.job import JobStorage
+from edgetune_trainer.storage.retry import RetryPolicy, StorageError
+from edgetune_trainer.training import checkpoint as ckpt
+from edgetune_trainer.training.progress import ProgressEvent
+from edgetune_trainer.training.train import run_training
 
 pytestmark = pytest.mark.trainer
 
@@ -52,9 +52,7 @@ def state(step: int) -> dict:
 
 
 def retry_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        r.getMessage() for r in caplog.records if r.name == "edgetune_trainer.storage" and "retrying" in r.getMessage()
-    ]
+    return [r.getMessage() for r in caplog.records if r.name == "edgetune.storage" and "retrying" in r.getMessage()]
 
 
 @pytest.mark.slow
@@ -71,7 +69,7 @@ def test_a_checkpoint_save_rides_out_a_60_s_outage(
     restore = threading.Timer(OUTAGE_S, proxy.restore)
     started = time.monotonic()
     restore.start()
-    with caplog.at_level(logging.WARNING, logger="edgetune_trainer.storage"):
+    with caplog.at_level(logging.WARNING, logger="edgetune.storage"):
         saved = save(storage, 20)
     seconds = time.monotonic() - started
     restore.join()
@@ -112,7 +110,7 @@ def test_storage_gone_for_good_fails_naming_the_endpoint_and_keeps_the_last_chec
     seconds = time.monotonic() - started
     message = str(failure.value)
     proxy.restore()
-    with caplog.at_level(logging.WARNING, logger="edgetune_trainer.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="edgetune_trainer.training.checkpoint"):
         point = ckpt.find_resume_point(storage)
     print(
         f"FIGURE: storage gone for good during the step-30 save -> that save failed after "

@@ -14,14 +14,14 @@ import pytest
 import torch
 from jobconfigs import job_config
 
-from edgetune_trainer.artifact import load_artifact
-from edgetune_trainer.checkpoint import CHECKPOINTS_KEY, list_checkpoints
 from edgetune_trainer.config import load_train_config
 from edgetune_trainer.data import load_eval_examples
-from edgetune_trainer.preprocess import encode_texts
-from edgetune_trainer.progress import ProgressEvent
-from edgetune_trainer.storage import JobStorage
-from edgetune_trainer.train import TrainResult, run_training
+from edgetune_trainer.model.loading import load_artifact
+from edgetune_trainer.model.preprocess import encode_texts
+from edgetune_trainer.storage.job import JobStorage
+from edgetune_trainer.training.checkpoint import CHECKPOINTS_KEY, list_checkpoints
+from edgetune_trainer.training.progress import ProgressEvent
+from edgetune_trainer.training.train import TrainResult, run_training
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from edgetune_operator.api import document_problems
+from edgetune_operator.apidocs import render_reference
 from edgetune_operator.crdgen import CRD_FILENAME, build_crd, render_crd_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +59,21 @@ def walk(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]
 
 def test_checked_in_crd_matches_the_models() -> None:
     assert CRD_PATH.read_text() == render_crd_yaml(), "crds/ drifted: run `edgetune crd -o crds/" + CRD_FILENAME + "`"
+
+
+def test_reference_page_matches_the_models() -> None:
+    page = ROOT / "docs" / "reference.md"
+    assert page.read_text() == render_reference(), "docs/reference.md drifted: run `make crd`"
+
+
+def test_reference_page_lists_every_spec_field() -> None:
+    page = render_reference()
+    spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for section, node in spec["properties"].items():
+        node = node.get("items", node)
+        for field in node.get("properties", {}):
+            assert f"### `spec.{section}" in page, f"spec.{section} has no table"
+            assert f"| `{field}`" in page, f"spec.{section}.{field} is missing"
 
 
 @pytest.mark.parametrize(("path", "node"), walk(schema()), ids=lambda v: v if isinstance(v, str) else "")

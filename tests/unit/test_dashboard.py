@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from edgetune_operator.metrics import OperatorMetrics
-from edgetune_trainer.metrics import TrainMetrics
+from edgetune_trainer.training.metrics import TrainMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "charts" / "edgetune" / "dashboards" / "edgetune.json"

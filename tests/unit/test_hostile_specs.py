@@ -32,7 +32,7 @@ from edgetune_operator.render import (
     train_entrypoint,
 )
 from edgetune_operator.status import decide
-from edgetune_trainer.storage import JobStorage
+from edgetune_trainer.storage.job import JobStorage
 
 HOSTILE_STRINGS = st.one_of(
     st.sampled_from(

@@ -10,15 +10,8 @@ import pytest
 import yaml
 
 from edgetune_operator.api import FineTuneJobSpec, FineTuneJobStatus, parse_job
-from edgetune_operator.status import (
-    KUBERAY_FAILURES,
-    Decision,
-    ExportJobView,
-    RayJobView,
-    decide,
-    held,
-    status_patch,
-)
+from edgetune_operator.status import Decision, decide, held, status_patch
+from edgetune_operator.views import KUBERAY_FAILURES, ExportJobView, RayJobView
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)

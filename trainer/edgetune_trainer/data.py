@@ -24,9 +24,10 @@ import pyarrow.fs as pafs
 import torch
 from torch.utils.data import Dataset
 
-from edgetune_trainer.artifact import Preprocessing
-from edgetune_trainer.config import DatasetSpec, StorageSpec, TrainJobConfig, parse_s3_uri
-from edgetune_trainer.storage import make_filesystem, read_whole
+from edgetune_trainer.config import DatasetSpec, StorageSpec, TrainJobConfig
+from edgetune_trainer.model.artifact import Preprocessing
+from edgetune_trainer.rules import parse_s3_uri
+from edgetune_trainer.storage.filesystem import make_filesystem, read_whole
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 TABLE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
@@ -227,7 +228,7 @@ class EncodedText(Dataset):
     """A shard of text examples, tokenized once up front (fixed length, so batches stack)."""
 
     def __init__(self, examples: Examples, tokenizer: Any, max_length: int) -> None:
-        from edgetune_trainer.preprocess import encode_texts
+        from edgetune_trainer.model.preprocess import encode_texts
 
         texts = [str(t) for t in examples.inputs]
         self.features = encode_texts(tokenizer, texts, max_length) if texts else {}
@@ -244,7 +245,7 @@ class EncodedImages(Dataset):
     """A shard of images, each downloaded on first use and kept (decoded) in memory."""
 
     def __init__(self, examples: Examples, prep: Preprocessing) -> None:
-        from edgetune_trainer.preprocess import image_transform
+        from edgetune_trainer.model.preprocess import image_transform
 
         self.inputs = examples.inputs
         self.labels = torch.tensor(examples.labels, dtype=torch.long)
