@@ -18,7 +18,6 @@ from edgetune_operator.views import ExportJobView, RayJobView, parse_time
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
-
 TRAINER_FIELDS = ("progress", "latestCheckpoint")  # written by the Ray driver's reporter, never by the operator
 
 

@@ -14,21 +14,15 @@ from edgetune_trainer.problems import show_input
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
-
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
-
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-
 
 _HF_SPLIT = re.compile(r"^[A-Za-z0-9_]+(\[[0-9:%-]*\])?$")
 
-
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
 
 _ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?$")
 
@@ -94,7 +88,6 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 _MODEL_SCHEMES = ("hf://", "torchvision://", "s3://", "file://")
-
 
 _DATA_SCHEMES = ("hf://", "s3://", "file://")
 
@@ -171,12 +164,9 @@ def schema_only(**keywords: Any) -> Any:
 
 DNS_LABEL_SCHEMA = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
-
 DnsLabel = Annotated[str, schema_only(maxLength=63, pattern=DNS_LABEL_SCHEMA), AfterValidator(check_dns_label)]
 
-
 NodeSelector = Annotated[dict[str, str], AfterValidator(_check_node_selector)]
-
 
 # A Kubernetes quantity such as 512Mi, 16Gi, 500m or 1.5G (core/v1 resource.Quantity, binary and decimal SI).
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
@@ -190,17 +180,12 @@ def _quantity(value: str) -> str:
 
 Quantity = Annotated[str, schema_only(pattern=_QUANTITY, maxLength=32), AfterValidator(_quantity)]
 
-
 ModelSource = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_model_source)]
-
 
 DataSource = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_data_source)]
 
-
 FieldName = Annotated[str, Field(min_length=1, max_length=256)]
 
-
 Task = Literal["text-classification", "image-classification"]
-
 
 Precision = Literal["fp32", "bf16", "fp16"]

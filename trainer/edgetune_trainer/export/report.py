@@ -18,12 +18,9 @@ from edgetune_trainer.export.quantize import (
 
 MANIFEST = "manifest.json"
 
-
 TOKENIZER_DIR = "tokenizer"
 
-
 MANIFEST_VERSION = 1
-
 
 Phase = Literal["Succeeded", "Failed"]
 

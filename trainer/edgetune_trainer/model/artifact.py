@@ -20,12 +20,9 @@ from typing import Any
 
 MODEL_KEY = "model"
 
-
 FORMAT_VERSION = 1
 
-
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
-
 
 IMAGENET_STD = [0.229, 0.224, 0.225]
 

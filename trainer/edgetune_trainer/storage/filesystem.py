@@ -18,7 +18,6 @@ from edgetune_trainer.storage.retry import RetryPolicy, StorageError, with_retri
 
 log = logging.getLogger("edgetune.storage")
 
-
 T = TypeVar("T")
 
 

@@ -33,12 +33,10 @@ from edgetune_trainer.storage.retry import RetryPolicy, StorageError, as_os_erro
 
 T = TypeVar("T")
 
-
 # Large files (checkpoints, model weights) go up as parallel multipart uploads: pyarrow's S3 output stream
 # sends one part at a time (about 110 MB/s to the test server, boto3's transfer manager 240 MB/s), and
 # pyarrow.fs.copy_files, Ray Train's default checkpoint upload, drops the error of a failed close.
 UPLOAD_PART_BYTES = 16 << 20
-
 
 UPLOAD_THREADS = 8
 

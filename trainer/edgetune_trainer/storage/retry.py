@@ -14,7 +14,6 @@ from typing import TypeVar
 
 log = logging.getLogger("edgetune.storage")
 
-
 T = TypeVar("T")
 
 
@@ -36,7 +35,6 @@ class RetryPolicy:
 
 # The storage answered, and answering again will not change it: no retry.
 _FINAL_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
-
 
 _FINAL_AWS_ERRORS = re.compile(
     r"AWS Error (ACCESS_DENIED|NO_SUCH_BUCKET|NO_SUCH_KEY|NO_SUCH_UPLOAD|INVALID_ACCESS_KEY_ID|"
@@ -93,7 +91,6 @@ def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy, *, wra
 
 
 _S3_ERROR_CODE = re.compile(r"\((\w+)\)")
-
 
 _S3_FINAL_CODES = {
     "AccessDenied": PermissionError,
