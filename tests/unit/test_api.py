@@ -42,6 +42,9 @@ def test_examples_are_valid(path: Path) -> None:
 def test_the_examples_exist() -> None:
     assert [p.name for p in EXAMPLES] == [
         "bert-imdb.yaml",
+        "minilm-sentiment-kind.yaml",
+        "minilm-sentiment-scratch.yaml",
+        "minilm-sentiment.yaml",
         "quickstart-kind.yaml",
         "quickstart.yaml",
         "resnet-cifar10.yaml",
@@ -76,6 +79,12 @@ def test_round_trip_uses_camel_case_and_drops_unset() -> None:
         ("model", {"source": "gs://bucket/model"}, "spec.model.source", "not supported"),
         ("model", {"source": "torchvision://resnet18"}, "spec.model.task", "image-classification"),
         ("model", {"labels": ["a", "b", "c"]}, "spec.model.labels", "numLabels is 2"),
+        (
+            "model",
+            {"source": "torchvision://resnet18@DEFAULT", "task": "image-classification", "pretrained": False},
+            "spec.model.pretrained",
+            "keep one of the two",
+        ),
         ("dataset", {"source": "s3:///train.jsonl"}, "spec.dataset.source", "no bucket"),
         ("dataset", {"source": "s3://Bad_Bucket/x"}, "spec.dataset.source", "not a valid bucket name"),
         ("dataset", {"source": "s3://bucket/../../etc/passwd"}, "spec.dataset.source", "'..'"),

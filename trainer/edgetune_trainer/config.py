@@ -91,6 +91,13 @@ class ModelSpec(ApiModel):
         default="none",
         description="none (train all), backbone (head only) or layers:N (head + top N blocks)",
     )
+    pretrained: bool = Field(
+        default=True,
+        description=(
+            "false: the source's architecture and tokenizer with random weights instead of its trained ones "
+            "(a from-scratch baseline, to measure what pretraining buys)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -101,6 +108,11 @@ class ModelSpec(ApiModel):
             problems.append((("labels",), "label names must be unique"))
         if self.source.startswith("torchvision://") and self.task != "image-classification":
             problems.append((("task",), "torchvision:// models need task: image-classification"))
+        weights = self.source.partition("@")[2]
+        if not self.pretrained and self.source.startswith("torchvision://") and weights not in ("", "none"):
+            problems.append(
+                (("pretrained",), f"is false but the source names weights (@{weights}); keep one of the two")
+            )
         if self.source.startswith("hf://") and self.task != "text-classification":
             problems.append(
                 (

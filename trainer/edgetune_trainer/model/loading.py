@@ -20,6 +20,7 @@ from typing import Any, Literal
 from torch import nn
 
 from edgetune_trainer.config import ModelSpec
+from edgetune_trainer.model import hf_cache as hub_cache
 from edgetune_trainer.model.artifact import (
     ARTIFACT_FILE,
     FORMAT_VERSION,
@@ -55,25 +56,26 @@ def _split_ref(rest: str) -> tuple[str, str | None]:
 
 
 def load_model(spec: ModelSpec, local_dir: Path | None = None) -> LoadedModel:
-    """Build the model named by `spec.source`; `local_dir` is where an s3:// or local source now lies."""
+    """Build the model named by `spec.source`; `local_dir` is where an s3:// or local source now lies.
+    `spec.pretrained: false` builds the same architecture (and tokenizer) with fresh random weights."""
     labels = spec.label_names()
     if spec.source.startswith("hf://"):
         name, revision = _split_ref(spec.source[len("hf://") :])
-        return load_hf(name, revision, labels, origin=spec.source)
+        return load_hf(name, revision, labels, origin=spec.source, pretrained=spec.pretrained)
     if spec.source.startswith("torchvision://"):
         name, weights = _split_ref(spec.source[len("torchvision://") :])
-        return _load_torchvision(name, weights, labels)
+        return _load_torchvision(name, weights if spec.pretrained else "none", labels)
     if local_dir is None:
         raise ModelLoadError(f"model source {spec.source!r} was not fetched to a local folder")
-    return load_model_dir(local_dir, labels, origin=spec.source)
+    return load_model_dir(local_dir, labels, origin=spec.source, pretrained=spec.pretrained)
 
 
-def load_model_dir(path: Path, labels: list[str], origin: str) -> LoadedModel:
+def load_model_dir(path: Path, labels: list[str], origin: str, pretrained: bool = True) -> LoadedModel:
     """A model from a directory: an edgetune artifact or a saved Hugging Face model."""
     if (path / ARTIFACT_FILE).is_file():
-        return load_artifact_model(path, labels)
+        return load_artifact_model(path, labels, pretrained=pretrained)
     if (path / "config.json").is_file():
-        return load_hf(str(path), None, labels, origin=origin)
+        return load_hf(str(path), None, labels, origin=origin, pretrained=pretrained)
     if not path.exists():
         raise ModelLoadError(f"model source {origin!r}: {path} does not exist")
     raise ModelLoadError(
@@ -82,25 +84,42 @@ def load_model_dir(path: Path, labels: list[str], origin: str) -> LoadedModel:
     )
 
 
-def load_hf(name: str, revision: str | None, labels: list[str], origin: str) -> LoadedModel:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_hf(name: str, revision: str | None, labels: list[str], origin: str, pretrained: bool = True) -> LoadedModel:
+    """A transformers sequence classifier: `name` is a hub id (hf://) or a saved model folder.
+
+    A hub id loads through the standard Hugging Face cache. When the hub cannot be reached (no network, or
+    HF_HUB_OFFLINE=1) it loads from that cache alone, at once: huggingface_hub would otherwise retry each
+    file for minutes before falling back to the same cache. `edgetune cache-model` seeds the cache."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "newly initialized weights" is the point of a new head, not news
-    options: dict[str, Any] = {
+    hub_id = origin.startswith("hf://")
+    offline = hub_id and not hub_cache.hub_reachable()
+    where: dict[str, Any] = {"local_files_only": True} if offline else {}
+    if revision:
+        where["revision"] = revision
+    head: dict[str, Any] = {
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),
         "label2id": {label: i for i, label in enumerate(labels)},
-        "ignore_mismatched_sizes": True,  # an existing head of another size is replaced
     }
-    if revision:
-        options["revision"] = revision
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(name, **options)
-        tokenizer = (
-            AutoTokenizer.from_pretrained(name, revision=revision) if revision else AutoTokenizer.from_pretrained(name)
-        )
+        if pretrained:
+            # ignore_mismatched_sizes: an existing head of another size is replaced
+            model = AutoModelForSequenceClassification.from_pretrained(
+                name, ignore_mismatched_sizes=True, **head, **where
+            )
+        else:
+            model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(name, **head, **where))
+        tokenizer = AutoTokenizer.from_pretrained(name, **where)
     except OSError as err:
+        if offline:
+            raise ModelLoadError(
+                f"cannot load Hugging Face model {origin!r}: the hub ({hub_cache.hub_endpoint()}) cannot be "
+                f"reached and the model is not in the local cache ({hub_cache.hub_cache_dir()}); put it there "
+                f"with `edgetune cache-model {name} --from FOLDER`, or use a local or s3:// copy of the folder"
+            ) from err
         raise ModelLoadError(
             f"cannot load Hugging Face model {origin!r}: {str(err).splitlines()[0]} "
             "(check the name; without network access use a local or s3:// copy of the model folder)"
@@ -108,8 +127,8 @@ def load_hf(name: str, revision: str | None, labels: list[str], origin: str) -> 
     except ValueError as err:
         raise ModelLoadError(f"{origin!r} cannot be a sequence classifier: {str(err).splitlines()[0]}") from err
     base = getattr(model, model.base_model_prefix)
-    head = [n for n, m in model.named_children() if m is not base]
-    return LoadedModel(model, "hf", model.config.model_type, head, tokenizer)
+    head_names = [n for n, m in model.named_children() if m is not base]
+    return LoadedModel(model, "hf", model.config.model_type, head_names, tokenizer)
 
 
 def build_torchvision(name: str, weights: str | None, num_labels: int) -> tuple[nn.Module, str]:
@@ -261,15 +280,19 @@ def load_artifact(folder: Path) -> tuple[LoadedModel, dict[str, Any]]:
     return loaded, header
 
 
-def load_artifact_model(folder: Path, labels: list[str], header: dict[str, Any] | None = None) -> LoadedModel:
-    """The artifact's model with a head for `labels` (the artifact's own head when the count matches)."""
+def load_artifact_model(
+    folder: Path, labels: list[str], header: dict[str, Any] | None = None, pretrained: bool = True
+) -> LoadedModel:
+    """The artifact's model with a head for `labels` (the artifact's own head when the count matches);
+    `pretrained=False`: its architecture with random weights."""
     header = header or verify_artifact(folder)
     if header["family"] == "hf":
-        return load_hf(str(folder), None, labels, origin=str(folder))
+        return load_hf(str(folder), None, labels, origin=str(folder), pretrained=pretrained)
     from safetensors.torch import load_file
 
     model, head_name = build_torchvision(header["architecture"], None, len(header["labels"]))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    if pretrained:
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
     loaded = LoadedModel(model, "torchvision", header["architecture"], [head_name])
     if len(labels) != len(header["labels"]):
         old = model.get_submodule(head_name)
