@@ -59,6 +59,10 @@ def measure(name: str, model: dict[str, Any], quick: bool, retrain: bool) -> dic
     }
 
 
+def count(parameters: int) -> str:
+    return f"{parameters / 1e6:.2f} M" if parameters >= 100_000 else f"{parameters:,}"
+
+
 def row_key(model: dict[str, Any]) -> str:
     init = "pretrained" if model.get("pretrained", True) else "random"
     return f"{init}-{model['freeze'].replace(':', '')}"
@@ -72,8 +76,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"| {r['row']} | **{r['evalAccuracy']:.1%}** | {r['evalMacroF1']:.3f} | {r['samplesPerSecond']:.1f} | "
-            f"{r['trainSeconds']:.0f} s ({r['steps']} steps) | {r['trainableParameters'] / 1e6:.2f} M of "
-            f"{r['parameters'] / 1e6:.1f} M |"
+            f"{r['trainSeconds']:.0f} s ({r['steps']} steps) | {count(r['trainableParameters'])} of "
+            f"{count(r['parameters'])} |"
         )
     return "\n".join(lines)
 
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                     r["evalAccuracy"] * 100,
                     None,
                     unit="%",
-                    figure=f"{r['samplesPerSecond']:.1f} samples/s, {r['trainableParameters'] / 1e6:.2f} M trainable",
+                    figure=f"{r['samplesPerSecond']:.1f} samples/s, {count(r['trainableParameters'])} trainable",
                 )
                 for r in rows
             ),

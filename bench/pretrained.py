@@ -29,6 +29,7 @@ EDGETUNE = [sys.executable, "-m", "edgetune_operator.cli"]
 
 def offline_env(cache: Path) -> dict[str, str]:
     """The environment for `edgetune` with a private HF cache holding MiniLM and no reachable hub."""
+    common.use_repo_paths()
     from s3server import free_port
 
     home = cache / "hf-home"

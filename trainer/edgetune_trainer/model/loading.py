@@ -94,6 +94,7 @@ def load_hf(name: str, revision: str | None, labels: list[str], origin: str, pre
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "newly initialized weights" is the point of a new head, not news
+    hf_logging.disable_progress_bar()  # a bar per load, on every rank, says nothing a user needs
     hub_id = origin.startswith("hf://")
     offline = hub_id and not hub_cache.hub_reachable()
     where: dict[str, Any] = {"local_files_only": True} if offline else {}
