@@ -42,8 +42,10 @@ def measure(name: str, model: dict[str, Any], quick: bool, retrain: bool) -> dic
     if model == {"freeze": "none"} and not quick:
         summary, artifact = pretrained.fully_finetuned_minilm(cache, retrain)
     else:
-        name = f"bench-ft-{row_key(model)}" + ("-quick" if quick else "")
-        summary, artifact = pretrained.finetune_minilm(cache, name, model, retrain=retrain, epochs=1 if quick else None)
+        job_name = f"bench-ft-{row_key(model)}" + ("-quick" if quick else "")
+        summary, artifact = pretrained.finetune_minilm(
+            cache, job_name, model, retrain=retrain, epochs=1 if quick else None
+        )
     loaded, _ = load_artifact(artifact)
     trainable = apply_freeze(loaded, model["freeze"])
     return {
