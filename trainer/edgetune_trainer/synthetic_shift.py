@@ -6,7 +6,7 @@ an evaluation review ("superb", "dreadful", "adored") is one it never saw, so it
 encoder already places "superb" near "excellent" and "dreadful" near "awful", so fine-tuning on the training
 words carries over. The gap between the two is what pretraining buys (docs/training.md shows it).
 
-Deterministic for a seed; labels balanced; every review lower case with spaced punctuation, 8-20 words.
+Deterministic for a seed; labels balanced; every review lower case with spaced punctuation, 4-20 words.
 `examples/minilm/` holds the files `write_split` makes (a unit test checks they have not drifted).
 """
 
