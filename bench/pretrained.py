@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,15 +29,13 @@ EDGETUNE = [sys.executable, "-m", "edgetune_operator.cli"]
 def offline_env(cache: Path) -> dict[str, str]:
     """The environment for `edgetune` with a private HF cache holding MiniLM and no reachable hub."""
     common.use_repo_paths()
-    from s3server import free_port
+    import hfhub
 
-    home = cache / "hf-home"
-    env = {**os.environ, "HF_HOME": str(home), "EDGETUNE_METRICS_PORT": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    for key in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        env.pop(key, None)
-    if not (home / "hub" / ("models--" + MINILM.replace("/", "--"))).is_dir():
-        subprocess.run([*EDGETUNE, "cache-model", MINILM, "--link"], env=env, check=True, capture_output=True)
-    env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
+    env = {**hfhub.hub_free_env(cache / "hf-home"), "EDGETUNE_METRICS_PORT": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    if not (cache / "hf-home" / "hub" / ("models--" + MINILM.replace("/", "--"))).is_dir():
+        seeded = hfhub.cache_model(env, MINILM, "--link")
+        if seeded.returncode:
+            raise RuntimeError(f"edgetune cache-model {MINILM} failed:\n{seeded.stderr}")
     return env
 
 

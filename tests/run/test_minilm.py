@@ -7,43 +7,29 @@ more, the twin stays near chance, and the int8 export of the real model meets it
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import hfhub
 import pytest
-from s3server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-EDGETUNE = [sys.executable, "-m", "edgetune_operator.cli"]
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def offline_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A fresh HF cache seeded from the packaged model, and a hub that refuses every connection."""
-    home = tmp_path_factory.mktemp("hf-home")
-    env = {**os.environ, "HF_HOME": str(home), "EDGETUNE_METRICS_PORT": "0"}
-    for key in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        env.pop(key, None)
-    seeded = subprocess.run(
-        [*EDGETUNE, "cache-model", "sentence-transformers/all-MiniLM-L6-v2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    env = {**hfhub.hub_free_env(tmp_path_factory.mktemp("hf-home")), "EDGETUNE_METRICS_PORT": "0"}
+    seeded = hfhub.cache_model(env, hfhub.MINILM)
     assert seeded.returncode == 0, seeded.stderr
-    env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
     return env
 
 
 def run_example(name: str, env: dict[str, str], storage: Path) -> dict[str, Any]:
     done = subprocess.run(
-        [*EDGETUNE, "run", str(ROOT / "examples" / name), "--json", "--storage", str(storage)],
+        [*hfhub.EDGETUNE, "run", str(ROOT / "examples" / name), "--json", "--storage", str(storage)],
         env=env,
         capture_output=True,
         text=True,

@@ -6,19 +6,18 @@ HF_HUB_OFFLINE once, when first imported."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import hfhub
 import pytest
-from s3server import free_port
 
 from edgetune_trainer.model.hf_cache import PACKAGED_MODELS, packaged_model_folder
 
 pytestmark = pytest.mark.trainer
 
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM = hfhub.MINILM
 REPO_FOLDER = "models--sentence-transformers--all-MiniLM-L6-v2"
 
 # Loads hf://REPO with the trainer's own code, and reports what it got: the class, the hub decision, the
@@ -50,23 +49,12 @@ print(json.dumps({
 
 
 def cache_model(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HOME": str(home)}
-    env.pop("HF_HUB_CACHE", None)
-    return subprocess.run(
-        [sys.executable, "-m", "edgetune_operator.cli", "cache-model", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return hfhub.cache_model(hfhub.hub_free_env(home), *args)
 
 
 def load_in_subprocess(repo: str, home: Path, *, pretrained: bool = True, offline_flag: bool = False) -> dict:
     """The hub is unreachable: a closed loopback port as HF_ENDPOINT (refused at once), or HF_HUB_OFFLINE."""
-    env = {**os.environ, "HF_HOME": str(home), "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
-    for key in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        env.pop(key, None)
+    env = hfhub.hub_free_env(home)
     if offline_flag:
         env["HF_HUB_OFFLINE"] = "1"
         del env["HF_ENDPOINT"]

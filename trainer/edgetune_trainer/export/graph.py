@@ -17,6 +17,7 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,31 +47,19 @@ def export_onnx(
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", UserWarning)
+        # The two exporters name the dynamic dimensions differently: axis names, or torch.export Dims.
         if exporter == "torchscript":
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                input_names=names,
-                output_names=[OUTPUT],
-                dynamic_axes={**{name: axes for name in names}, OUTPUT: {0: "batch"}},
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+            shapes: dict[str, Any] = {
+                "dynamic_axes": {**{name: axes for name in names}, OUTPUT: {0: "batch"}},
+                "do_constant_folding": True,
+                "dynamo": False,
+            }
         else:
             dims = {index: torch.export.Dim(label, min=1) for index, label in axes.items()}
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                input_names=names,
-                output_names=[OUTPUT],
-                dynamic_shapes={name: dims for name in names},
-                opset_version=opset,
-                dynamo=True,
-                verbose=False,
-            )
+            shapes = {"dynamic_shapes": {name: dims for name in names}, "dynamo": True, "verbose": False}
+        torch.onnx.export(
+            module, args, str(path), input_names=names, output_names=[OUTPUT], opset_version=opset, **shapes
+        )
     return path
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgetune_trainer.config import StorageSpec
 from edgetune_trainer.export.inference import ModelInputs, OrtRunner, TorchRunner, load_torchscript, softmax
-from edgetune_trainer.model.artifact import Preprocessing, checksum_problem
+from edgetune_trainer.model.artifact import Preprocessing, checksum_problem, read_record
 from edgetune_trainer.rules import parse_s3_uri
 
 MANIFEST = "manifest.json"  # the same name as export.MANIFEST; kept here so predict imports no exporter
@@ -32,13 +32,7 @@ class ExportIntegrityError(RuntimeError):
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise ExportIntegrityError(f"{folder} is not a published export: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ExportIntegrityError(f"{path} is corrupt: {err}") from err
+    manifest = read_record(folder, MANIFEST, "a published export", ExportIntegrityError)
     if manifest.get("phase") != "Succeeded":
         raise ExportIntegrityError(
             f"export {manifest.get('name')!r} failed and has no model: {manifest.get('message')}"

@@ -73,14 +73,21 @@ def checksum_problem(folder: Path, expected: dict[str, str], record: str) -> str
     return None
 
 
+def read_record(folder: Path, name: str, what: str, error: type[Exception]) -> dict[str, Any]:
+    """The JSON file `name` that makes `folder` `what` (a model artifact's header, an export's manifest);
+    `error` naming the folder when the file is missing or unreadable."""
+    path = folder / name
+    if not path.is_file():
+        raise error(f"{folder} is not {what}: {name} is missing")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path} is corrupt: {err}") from err
+
+
 def read_header(folder: Path) -> dict[str, Any]:
     path = folder / ARTIFACT_FILE
-    if not path.is_file():
-        raise ArtifactError(f"{folder} is not an edgetune model artifact: {ARTIFACT_FILE} is missing")
-    try:
-        header = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path} is corrupt: {err}") from err
+    header = read_record(folder, ARTIFACT_FILE, "an edgetune model artifact", ArtifactError)
     if header.get("formatVersion") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: unsupported artifact format {header.get('formatVersion')!r}")
     return header
