@@ -40,7 +40,7 @@ from ftjcluster import Cluster  # noqa: E402
 from kubeenv import ControlPlane, unique_name  # noqa: E402
 from operatorproc import OperatorProcess, grant_operator  # noqa: E402
 
-from edgetune_operator.render import LABEL_JOB  # noqa: E402
+from edgetune_operator.identity import LABEL_JOB  # noqa: E402
 
 CRDS = [
     ROOT / "crds" / "finetunejobs.edgetune.dev.yaml",

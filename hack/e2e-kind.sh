@@ -288,6 +288,13 @@ helm upgrade --install kuberay-operator "${kuberay_chart[@]}" -n kuberay-system 
   --set image.pullPolicy=IfNotPresent --wait --timeout 5m
 
 step "edgetune (charts/edgetune, MinIO on, watching $NAMESPACE)"
+# Both namespaces enforce the restricted Pod Security profile: the chart's pods, and every pod KubeRay and
+# the Job controller make from what the operator renders, are admitted under it or never run.
+for ns in "$RELEASE_NS" "$NAMESPACE"; do
+  kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - > /dev/null
+  kubectl label namespace "$ns" --overwrite pod-security.kubernetes.io/enforce=restricted \
+    pod-security.kubernetes.io/enforce-version=latest > /dev/null
+done
 helm upgrade --install edgetune charts/edgetune -n "$RELEASE_NS" --create-namespace \
   --set image.repository=edgetune/operator --set image.tag=e2e --set image.pullPolicy=Never \
   --set trainer.image.repository="${TRAINER_IN_REGISTRY%:*}" --set trainer.image.tag=e2e \
@@ -377,11 +384,53 @@ scrape_metrics() {  # once, while the job trains: the operator's /metrics and ra
   SCRAPED=1
 }
 
+# From a pod in another namespace, while the job trains: the head's Ray ports (GCS, dashboard, client) must
+# not answer, while the same pod reaches MinIO and the workers' metrics ports (which the job's NetworkPolicy
+# opens to scrapers): the network path works, and only the policy keeps Ray out of reach.
+PROBED=0
+OUTSIDER_NS=e2e-outsider
+probe_isolation() {
+  local job=$1 head worker minio out
+  ((PROBED)) && return 0
+  [[ $(kubectl -n "$NAMESPACE" get ftj "$job" -o jsonpath='{.status.phase}') == Running ]] || return 0
+  [[ -n $(progress_step "$job") ]] || return 0
+  head=$(kubectl -n "$NAMESPACE" get pods -l "edgetune.dev/job=$job,ray.io/node-type=head" \
+    --field-selector=status.phase=Running -o jsonpath='{.items[0].status.podIP}' 2> /dev/null || true)
+  worker=$(kubectl -n "$NAMESPACE" get pods -l "edgetune.dev/job=$job,ray.io/node-type=worker" \
+    --field-selector=status.phase=Running -o jsonpath='{.items[0].status.podIP}' 2> /dev/null || true)
+  minio=$(kubectl -n "$RELEASE_NS" get pods -l app.kubernetes.io/component=minio \
+    -o jsonpath='{.items[0].status.podIP}' 2> /dev/null || true)
+  [[ -n $head && -n $worker && -n $minio ]] || return 0
+  kubectl create namespace "$OUTSIDER_NS" --dry-run=client -o yaml | kubectl apply -f - > /dev/null
+  out=$(kubectl -n "$OUTSIDER_NS" run "probe-$SECONDS" --rm -i --quiet --restart=Never --image="$OPERATOR_IMAGE" \
+    --image-pull-policy=Never --command -- python -c '
+import socket, sys
+for target in sys.argv[1:]:
+    name, host, port = target.split("=")[0], *target.split("=")[1].rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        print(name, "open")
+    except OSError as err:
+        print(name, "closed:", err)
+' "minio=$minio:9000" "worker-metrics=$worker:8080" "head-gcs=$head:6379" "head-dashboard=$head:8265" \
+    "head-client=$head:10001" 2>&1) || die "the probe pod in $OUTSIDER_NS failed: $out"
+  echo "$out" | sed 's/^/  isolation probe from namespace '"$OUTSIDER_NS"': /'
+  grep -q '^minio open' <<< "$out" || die "the probe could not reach MinIO: no network path to judge the policy by"
+  grep -q '^worker-metrics open' <<< "$out" || die "the probe could not reach a worker's metrics port, which the policy opens"
+  for port in head-gcs head-dashboard head-client; do
+    grep -q "^$port closed" <<< "$out" || die "a pod in another namespace reached the job's $port port"
+  done
+  kubectl delete namespace "$OUTSIDER_NS" --wait=false > /dev/null
+  PROBED=1
+}
+while_training() { scrape_metrics "$1" && probe_isolation "$1"; }
+
 step "kubectl apply -f $JOB_FILE (namespace $NAMESPACE)"
 kubectl -n "$NAMESPACE" delete ftj "$JOB_NAME" --ignore-not-found --wait=true
 kubectl -n "$NAMESPACE" apply -f "$JOB_FILE"
-wait_for_phase "$JOB_NAME" Succeeded scrape_metrics
+wait_for_phase "$JOB_NAME" Succeeded while_training
 ((SCRAPED)) || echo "  (the job finished before a scrape could catch it Running)"
+((PROBED)) || die "the job finished before the isolation probe could catch it Running"
 
 step "assertions on the finished quickstart"
 pods=$(kubectl -n "$NAMESPACE" get pods -l "edgetune.dev/job=$JOB_NAME" \
@@ -436,7 +485,10 @@ if [[ $E2E_FAULTS == 1 ]]; then
 import sys, yaml
 job = yaml.safe_load(open(sys.argv[1]))
 job["metadata"]["name"] = sys.argv[2]
-job["spec"]["training"]["epochs"] = 12  # ~300 steps: time for three faults, one after another
+# Three workers on the two training nodes: one node always holds two of them, which a drain can then be
+# seen to take one at a time. 18 epochs of 3 x 16 samples a step: ~300 steps, time for four faults in turn.
+job["spec"]["resources"]["workers"] = 3
+job["spec"]["training"]["epochs"] = 18
 job["spec"]["export"] = []  # the quickstart run proved the export; here the faults are the point
 print(yaml.safe_dump(job, sort_keys=False))
 PY
@@ -501,15 +553,65 @@ PY
         kubectl -n "$RELEASE_NS" scale deploy "$MINIO_SERVICE" --replicas=1
         kubectl -n "$RELEASE_NS" rollout status deploy "$MINIO_SERVICE" --timeout=120s
         echo "  fault 3: MinIO back at step $(progress_step "$job")"
+        FAULT=drain
+        ;;
+      drain)
+        # kubectl drain of the training node holding two workers, with the other training node cordoned so
+        # that an evicted worker has nowhere to go: the budget (at most one of the job's Ray pods down) must
+        # hold the second eviction back. Only the job's workers are drained (--pod-selector): the head's loss
+        # would end the attempt, and with it the pods the drain waits on.
+        c=$(checkpoint_step "$job")
+        ((c >= interval)) || return 0
+        node=$(kubectl -n "$NAMESPACE" get pods -l "edgetune.dev/job=$job,ray.io/node-type=worker" \
+          --field-selector=status.phase=Running -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' \
+          | sort | uniq -c | sort -rn | awk '$1 >= 2 {print $2; exit}')
+        [[ -n $node ]] || return 0
+        others=$(tr ' ' '\n' <<< "$train_nodes" | grep -vx "$node" | paste -sd' ' -)
+        selector="edgetune.dev/job=$job,ray.io/node-type=worker"
+        echo "  fault 4: kubectl drain $node (two of the job's workers) at step $s, with $others cordoned"
+        # shellcheck disable=SC2086  # one argument per node
+        kubectl cordon $others > /dev/null
+        if kubectl drain "$node" --pod-selector="$selector" --ignore-daemonsets --delete-emptydir-data \
+          --timeout=30s > "$WORK_DIR/drain.log" 2>&1; then
+          die "kubectl drain took every worker off $node: the disruption budget did not hold ($(tail -3 "$WORK_DIR/drain.log"))"
+        fi
+        grep -q "disruption budget" "$WORK_DIR/drain.log" \
+          || die "the drain failed, but not on the budget: $(tail -5 "$WORK_DIR/drain.log")"
+        left=$(kubectl -n "$NAMESPACE" get pods -l "$selector" --field-selector="spec.nodeName=$node" -o go-template \
+          --template='{{range .items}}{{if not .metadata.deletionTimestamp}}{{.metadata.name}} {{end}}{{end}}' | wc -w)
+        ((left >= 1)) || die "no worker of the job is left on $node: the budget did not hold the drain back"
+        echo "  fault 4: the drain was held back: $(grep -m1 -o "Cannot evict pod.*budget" "$WORK_DIR/drain.log")"
+        echo "  fault 4: $left of the job's two workers on $node still running after the drain's 30 s"
+        # Forced: delete the rest without eviction (what an administrator does when the node must go now), then
+        # the maintenance is over and both nodes take pods again. Training must resume from its checkpoint.
+        HIGH=$(progress_step "$job") C=$(checkpoint_step "$job") LOW= KILLED_AT=$SECONDS
+        kubectl drain "$node" --pod-selector="$selector" --disable-eviction --ignore-daemonsets \
+          --delete-emptydir-data --timeout=120s > "$WORK_DIR/drain-forced.log" 2>&1 \
+          || die "the forced drain failed: $(tail -5 "$WORK_DIR/drain-forced.log")"
+        # shellcheck disable=SC2086
+        kubectl uncordon "$node" $others > /dev/null
+        echo "  fault 4: forced drain at step $HIGH (latest checkpoint: step $C); nodes uncordoned"
+        FAULT=drain-recovery
+        ;;
+      drain-recovery)
+        [[ -z $LOW || $s -lt $LOW ]] && ((s < HIGH)) && LOW=$s
+        ((s > HIGH)) || { ((SECONDS - KILLED_AT < 420)) || die "training did not come back within 420 s of the forced drain"; return 0; }
+        [[ -z $LOW ]] || ((LOW >= C)) || die "after the forced drain training went back to step $LOW, behind its checkpoint at step $C"
+        echo "  fault 4: training resumed (lowest step seen: ${LOW:-none below $HIGH}) and passed step $HIGH $((SECONDS - KILLED_AT)) s after the forced drain"
         FAULT=done
         ;;
     esac
   }
   wait_for_phase "$FAULT_JOB" Succeeded fault_hook
   [[ $FAULT == done ]] || die "the job finished before every fault was injected (reached: $FAULT)"
-  rayjob=$(kubectl -n "$NAMESPACE" get ftj "$FAULT_JOB" -o jsonpath='{.status.rayJobName}')
-  echo "  fault 1 cost, from the driver's log (KubeRay's submitter Job $rayjob):"
-  kubectl -n "$NAMESPACE" logs "job/$rayjob" > "$WORK_DIR/$FAULT_JOB-driver.log"
+  # The drivers' logs of every attempt in turn (a drain that ends an attempt resumes in the next one).
+  rayjobs=$(kubectl -n "$NAMESPACE" get rayjobs -l "edgetune.dev/job=$FAULT_JOB" \
+    -o jsonpath='{range .items[*]}{.metadata.labels.edgetune\.dev/attempt} {.metadata.name}{"\n"}{end}' | sort -n | cut -d' ' -f2)
+  echo "  fault costs, from the drivers' logs (KubeRay's submitter Jobs: $(paste -sd' ' - <<< "$rayjobs")):"
+  : > "$WORK_DIR/$FAULT_JOB-driver.log"
+  for rayjob in $rayjobs; do
+    kubectl -n "$NAMESPACE" logs "job/$rayjob" >> "$WORK_DIR/$FAULT_JOB-driver.log"
+  done
   if ! "$PYTHON" hack/e2e_cost.py --interval "$interval" < "$WORK_DIR/$FAULT_JOB-driver.log" | sed 's/^/    /'; then
     die "a worker loss cost more than one checkpoint interval, or left no restart in the driver's log"
   fi

@@ -11,7 +11,7 @@ import kubernetes.client
 import yaml
 from kubeenv import REPO_ROOT
 
-from edgetune_operator.render import LABEL_JOB
+from edgetune_operator.identity import LABEL_JOB
 
 GROUP, VERSION, PLURAL = "edgetune.dev", "v1alpha1", "finetunejobs"
 # Distinctive credentials, so that a test can grep everything the system wrote for them.
@@ -31,10 +31,13 @@ class Cluster:
 
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str) -> None:
         self.namespace = namespace
+        self.api = api
         self.custom = kubernetes.client.CustomObjectsApi(api)
         self.core = kubernetes.client.CoreV1Api(api)
         self.batch = kubernetes.client.BatchV1Api(api)
         self.rbac = kubernetes.client.RbacAuthorizationV1Api(api)
+        self.networking = kubernetes.client.NetworkingV1Api(api)
+        self.policy = kubernetes.client.PolicyV1Api(api)
 
     def create_secret(self, name: str = "edgetune-s3") -> None:
         data = {

@@ -15,8 +15,8 @@ import kopf
 import kubernetes.client
 
 from edgetune_operator.api import GROUP, PLURAL, VERSION
+from edgetune_operator.identity import LABEL_COMPONENT, LABEL_JOB
 from edgetune_operator.reconciler import Reconciler
-from edgetune_operator.render import LABEL_COMPONENT, LABEL_JOB
 from edgetune_operator.status import TERMINAL_PHASES
 
 log = logging.getLogger("edgetune.operator")

@@ -3,7 +3,8 @@
 `edgetune-operator` is the supported entry point (flags, metrics port, leader election); this module lets
 a kopf user run the same handlers with kopf's own command line. Settings come from the environment:
 EDGETUNE_NAMESPACES (comma-separated; what the resync walks, empty: all), EDGETUNE_TRAINER_IMAGE,
-EDGETUNE_STORAGE_URI / _ENDPOINT / _SECRET, EDGETUNE_METRICS_PORT (default 8080, 0: off).
+EDGETUNE_STORAGE_URI / _ENDPOINT / _SECRET, EDGETUNE_NETWORK_POLICY (JSON, as --network-policy),
+EDGETUNE_METRICS_PORT (default 8080, 0: off).
 """
 
 from __future__ import annotations

@@ -35,6 +35,8 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(client)
         self.batch = kubernetes.client.BatchV1Api(client)
         self.rbac = kubernetes.client.RbacAuthorizationV1Api(client)
+        self.networking = kubernetes.client.NetworkingV1Api(client)
+        self.policy = kubernetes.client.PolicyV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self._events: queue.Queue[tuple[dict[str, Any], str, str, str]] = queue.Queue()
         threading.Thread(target=self._post_events, name="edgetune-events", daemon=True).start()
@@ -45,6 +47,9 @@ class Kube:
         kind = obj["kind"]
         creators = {
             "ConfigMap": self.core.create_namespaced_config_map,
+            "Secret": self.core.create_namespaced_secret,
+            "NetworkPolicy": self.networking.create_namespaced_network_policy,
+            "PodDisruptionBudget": self.policy.create_namespaced_pod_disruption_budget,
             "ServiceAccount": self.core.create_namespaced_service_account,
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 import kopf
 import kubernetes.client
 import kubernetes.config
+from pydantic import ValidationError
 
 from edgetune_operator.handlers import register
 from edgetune_operator.kubeapi import Kube
@@ -33,6 +34,7 @@ from edgetune_operator.leader import LeaseElector, LeaseForbiddenError
 from edgetune_operator.metrics import OperatorMetrics
 from edgetune_operator.reconciler import Reconciler
 from edgetune_operator.render import OperatorDefaults
+from edgetune_operator.security import NetworkPolicySettings
 from edgetune_trainer.config import StorageSpec
 
 
@@ -50,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--storage-secret", default=env("EDGETUNE_STORAGE_SECRET"), help="default spec.storage.credentialsSecret"
     )
+    parser.add_argument(
+        "--network-policy",
+        type=network_policy_settings,
+        default=network_policy_settings(env("EDGETUNE_NETWORK_POLICY", "{}")),
+        help="per-job NetworkPolicy settings as JSON (the Helm value networkPolicy); '{\"enabled\": false}': none",
+    )
     parser.add_argument("--metrics-port", type=int, default=8080, help="/metrics port (0: off)")
     parser.add_argument("--health-port", type=int, default=8081, help="/healthz port (0: off)")
     parser.add_argument("--resync-seconds", type=float, default=30.0, help="re-check unfinished jobs this often")
@@ -60,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--leader-election-name", default="edgetune-leader", help="the Lease's name")
     parser.add_argument("--verbose", action="store_true")
     return parser
+
+
+def network_policy_settings(text: str) -> NetworkPolicySettings:
+    """--network-policy's JSON; a mistake is a usage error naming the field, at start, not at the first job."""
+    try:
+        return NetworkPolicySettings.model_validate_json(text)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors())
+        raise argparse.ArgumentTypeError(f"invalid NetworkPolicy settings: {problems}") from None
 
 
 def api_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
@@ -84,7 +101,12 @@ def defaults_from(args: argparse.Namespace) -> OperatorDefaults:
             if v
         }
     )
-    return OperatorDefaults(trainer_image=args.trainer_image, ray_version=args.ray_version, storage=storage)
+    return OperatorDefaults(
+        trainer_image=args.trainer_image,
+        ray_version=args.ray_version,
+        storage=storage,
+        network_policy=args.network_policy,
+    )
 
 
 def process_identity() -> str:

@@ -29,8 +29,12 @@ def operator_rules() -> list[dict[str, Any]]:
         # The trainer config of each attempt, and the per-job identity of the Ray head.
         {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts"], "verbs": ["create"]},
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create"]},
-        # Check that spec.storage.credentialsSecret exists and has its keys before launching.
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        # Check that spec.storage.credentialsSecret exists and has its keys before launching; create each
+        # attempt's Ray token (never read back: the operator only writes it).
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
+        # Each job's NetworkPolicies and PodDisruptionBudget.
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create"]},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     ]
 

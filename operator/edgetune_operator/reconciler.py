@@ -20,6 +20,7 @@ Three rules keep a decision from resting on a stale view:
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 import weakref
@@ -32,21 +33,23 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from edgetune_operator.api import FineTuneJobSpec, FineTuneJobStatus, spec_problems
+from edgetune_operator.identity import LABEL_COMPONENT, LABEL_JOB
 from edgetune_operator.kubeapi import Kube, MissingApiError, namespace_gone
 from edgetune_operator.metrics import OperatorMetrics
 from edgetune_operator.render import (
     ANNOTATION_SUSPENDED_BY,
     CREDENTIAL_KEYS,
-    LABEL_COMPONENT,
-    LABEL_JOB,
     JobRef,
     OperatorDefaults,
     effective_storage,
+    rayjob_name,
     render_config_map,
     render_export_job,
+    render_job_safeguards,
     render_rayjob,
     render_trainer_rbac,
 )
+from edgetune_operator.security import render_ray_auth_secret
 from edgetune_operator.status import Decision, decide, held, status_patch
 from edgetune_operator.views import ExportJobView, RayJobView, parse_time
 
@@ -272,9 +275,12 @@ class Reconciler:
         attempt = decision.create_attempt
         assert attempt is not None
         self._confirm_spec(meta)
-        for obj in render_trainer_rbac(ref):
+        for obj in [*render_trainer_rbac(ref), *render_job_safeguards(ref, spec, self.defaults)]:
             self.kube.create(obj)
         self.kube.create(render_config_map(ref, spec, attempt, self.defaults))
+        # A new token per attempt; a relaunch after a crash finds the first one (409) and keeps it.
+        token = secrets.token_urlsafe(32)
+        self.kube.create(render_ray_auth_secret(ref, rayjob_name(ref.name, attempt), attempt, token))
         deadline_left = None
         if spec.run_policy.active_deadline_seconds is not None:
             start = parse_time(decision.status.start_time) or now

@@ -12,22 +12,34 @@ exists answers 409, which is how a restarted operator avoids launching twice.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
-import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgetune_operator.api import API_VERSION, KIND, FineTuneJobSpec, to_trainer_config
+from edgetune_operator.api import API_VERSION, FineTuneJobSpec, to_trainer_config
+from edgetune_operator.identity import (
+    LABEL_ATTEMPT,
+    LABEL_TARGET,
+    JobRef,
+    bounded_name,
+    labels,
+    metadata,
+)
+from edgetune_operator.security import (
+    COMPONENT_EXPORT,
+    COMPONENT_SUBMITTER,
+    COMPONENT_TRAINER,
+    RAY_METRICS_PORT,
+    NetworkPolicySettings,
+    container_security,
+    pod_security,
+    ray_auth_options,
+    render_disruption_budget,
+    render_network_policies,
+)
 from edgetune_trainer.config import ExportTarget, StorageSpec
 
-LABEL_JOB = "edgetune.dev/job"
-LABEL_ATTEMPT = "edgetune.dev/attempt"
-LABEL_COMPONENT = "edgetune.dev/component"
-LABEL_TARGET = "edgetune.dev/export-target"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 ANNOTATION_SUSPENDED_BY = "edgetune.dev/suspended-by"
 
@@ -49,7 +61,7 @@ CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 @dataclass(frozen=True)
 class OperatorDefaults:
-    """What the operator's install provides (Helm values, flags): the image and default storage."""
+    """What the operator's install provides (Helm values, flags): the image, default storage, policies."""
 
     trainer_image: str = "ghcr.io/edgetune/trainer:0.1.0"
     ray_version: str = "2.59.0"
@@ -60,37 +72,7 @@ class OperatorDefaults:
     # Ray's memory monitor killed the training workers until the restarts ran out.
     head_memory: str = "4Gi"
     max_worker_restarts: int = 3  # Ray Train worker-group restarts within one attempt
-
-
-@dataclass(frozen=True)
-class JobRef:
-    """The FineTuneJob a child belongs to."""
-
-    name: str
-    namespace: str
-    uid: str
-
-    def owner_reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-
-
-def bounded_name(base: str, suffix: str, limit: int) -> str:
-    """`<base><suffix>` if it fits in `limit` as a DNS-1035 label; otherwise a cut base plus a hash of the
-    full base, so two long names that share a prefix never collide."""
-    if not re.match(r"^[a-z]", base):
-        base = "j" + base
-    if len(base) + len(suffix) <= limit:
-        return base + suffix
-    digest = hashlib.sha256(base.encode()).hexdigest()[:6]
-    keep = limit - len(suffix) - len(digest) - 1
-    return f"{base[:keep].rstrip('-')}-{digest}{suffix}"
+    network_policy: NetworkPolicySettings = field(default_factory=NetworkPolicySettings)
 
 
 def rayjob_name(job: str, attempt: int) -> str:
@@ -115,14 +97,6 @@ def effective_storage(spec: StorageSpec, defaults: StorageSpec) -> StorageSpec:
     return StorageSpec.model_validate(merged, by_name=True)
 
 
-def _labels(job: JobRef, component: str, **extra: str) -> dict[str, str]:
-    return {LABEL_JOB: job.name, LABEL_COMPONENT: component, LABEL_MANAGED_BY: "edgetune", **extra}
-
-
-def _metadata(name: str, job: JobRef, labels: dict[str, str]) -> dict[str, Any]:
-    return {"name": name, "namespace": job.namespace, "labels": labels, "ownerReferences": [job.owner_reference()]}
-
-
 def trainer_config_json(job: JobRef, spec: FineTuneJobSpec, defaults: OperatorDefaults) -> str:
     storage = effective_storage(spec.storage, defaults.storage)
     config = to_trainer_config(spec.model_copy(update={"storage": storage}), job.name, job.namespace)
@@ -134,8 +108,8 @@ def render_config_map(job: JobRef, spec: FineTuneJobSpec, attempt: int, defaults
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(
-            config_map_name(job.name, attempt), job, _labels(job, "trainer", **{LABEL_ATTEMPT: str(attempt)})
+        "metadata": metadata(
+            config_map_name(job.name, attempt), job, labels(job, COMPONENT_TRAINER, **{LABEL_ATTEMPT: str(attempt)})
         ),
         "data": {CONFIG_FILE: trainer_config_json(job, spec, defaults)},
     }
@@ -144,13 +118,13 @@ def render_config_map(job: JobRef, spec: FineTuneJobSpec, attempt: int, defaults
 def render_trainer_rbac(job: JobRef) -> list[dict[str, Any]]:
     """ServiceAccount + Role + RoleBinding: the Ray head may get and patch this one job's status, no more."""
     name = trainer_account_name(job.name)
-    labels = _labels(job, "trainer")
+    account_labels = labels(job, COMPONENT_TRAINER)
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(name, job, labels)},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(name, job, account_labels)},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": _metadata(name, job, labels),
+            "metadata": metadata(name, job, account_labels),
             "rules": [
                 {
                     "apiGroups": [API_VERSION.split("/")[0]],
@@ -163,11 +137,18 @@ def render_trainer_rbac(job: JobRef) -> list[dict[str, Any]]:
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": _metadata(name, job, labels),
+            "metadata": metadata(name, job, account_labels),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": job.namespace}],
         },
     ]
+
+
+def render_job_safeguards(job: JobRef, spec: FineTuneJobSpec, defaults: OperatorDefaults) -> list[dict[str, Any]]:
+    """Per job, created with its first attempt: its NetworkPolicies (unless the install turned them off) and
+    the PodDisruptionBudget of its Ray pods."""
+    policies = render_network_policies(job, defaults.network_policy, (RAY_METRICS_PORT, METRICS_PORT))
+    return [*policies, render_disruption_budget(job, spec.resources.workers)]
 
 
 def credential_env(storage: StorageSpec) -> list[dict[str, Any]]:
@@ -224,11 +205,10 @@ def render_rayjob(
     if resources.gpus_per_worker:
         worker_limits["nvidia.com/gpu"] = str(resources.gpus_per_worker)
     head_resources = {"cpu": defaults.head_cpu, "memory": defaults.head_memory}
-    security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
     head_pod = {
         "serviceAccountName": trainer_account_name(job.name),
-        "securityContext": {"runAsNonRoot": True},
+        "securityContext": pod_security(),
         "containers": [
             {
                 "name": "ray-head",
@@ -241,22 +221,22 @@ def render_rayjob(
                 ],
                 "env": head_env,
                 "volumeMounts": [mount],
-                "securityContext": copy.deepcopy(security),
+                "securityContext": container_security(),
             }
         ],
         "volumes": [volume],
     }
     worker_pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # workers never talk to the Kubernetes API
-        "securityContext": {"runAsNonRoot": True},
+        "securityContext": pod_security(),
         "containers": [
             {
                 "name": "ray-worker",
                 "image": image,
                 "resources": {"requests": dict(worker_limits), "limits": dict(worker_limits)},
                 "ports": [{"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT}],
-                "env": [*copy.deepcopy(env), {"name": "EDGETUNE_METRICS_PORT", "value": str(METRICS_PORT)}],
-                "securityContext": security,
+                "env": [*credential_env(storage), {"name": "EDGETUNE_METRICS_PORT", "value": str(METRICS_PORT)}],
+                "securityContext": container_security(),
             }
         ],
     }
@@ -268,21 +248,25 @@ def render_rayjob(
         if resources.tolerations:
             pod["tolerations"] = [t.to_dict() for t in resources.tolerations]
 
-    labels = _labels(job, "trainer", **{LABEL_ATTEMPT: str(attempt)})
+    pod_labels = labels(job, COMPONENT_TRAINER, **{LABEL_ATTEMPT: str(attempt)})
     if run_policy.queue_name:
-        labels[KUEUE_QUEUE_LABEL] = run_policy.queue_name
+        pod_labels[KUEUE_QUEUE_LABEL] = run_policy.queue_name
     workers = resources.workers
     rayjob_spec: dict[str, Any] = {
         "entrypoint": shlex.join(train_entrypoint(defaults)),
         "shutdownAfterJobFinishes": True,
         "backoffLimit": 0,  # retries are the operator's: each one is a new attempt that resumes
         "suspend": run_policy.suspend,
+        "submitterPodTemplate": submitter_pod_template(job, attempt, image, resources),
         "rayClusterSpec": {
             "rayVersion": defaults.ray_version,
+            # Ray's token authentication: nothing reaches the GCS, the dashboard or a worker without the
+            # attempt's token, which only this job's pods (and KubeRay's operator) are given.
+            "authOptions": ray_auth_options(name),
             "headGroupSpec": {
                 # No CPUs for Ray on the head: every training worker lands in the worker group.
                 "rayStartParams": {"num-cpus": "0"},
-                "template": {"metadata": {"labels": dict(labels)}, "spec": head_pod},
+                "template": {"metadata": {"labels": dict(pod_labels)}, "spec": head_pod},
             },
             "workerGroupSpecs": [
                 {
@@ -291,7 +275,7 @@ def render_rayjob(
                     "minReplicas": workers,
                     "maxReplicas": workers,
                     "rayStartParams": {},
-                    "template": {"metadata": {"labels": dict(labels)}, "spec": worker_pod},
+                    "template": {"metadata": {"labels": dict(pod_labels)}, "spec": worker_pod},
                 }
             ],
         },
@@ -300,7 +284,44 @@ def render_rayjob(
         rayjob_spec["ttlSecondsAfterFinished"] = run_policy.ttl_seconds_after_finished
     if deadline_left_s is not None:
         rayjob_spec["activeDeadlineSeconds"] = max(1, deadline_left_s)
-    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": _metadata(name, job, labels), "spec": rayjob_spec}
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": metadata(name, job, pod_labels),
+        "spec": rayjob_spec,
+    }
+
+
+# KubeRay's own defaults for the submitter's container; ours differ only in the pod's security and labels.
+SUBMITTER_RESOURCES = {"requests": {"cpu": "500m", "memory": "200Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+
+
+def submitter_pod_template(job: JobRef, attempt: int, image: str, resources: Any) -> dict[str, Any]:
+    """The pod KubeRay runs `ray job submit` in (KubeRay fills in its command, the dashboard address and the
+    token). Rendered so that it is labelled as this job's (its NetworkPolicy lets it reach the head) and
+    passes the restricted profile, which KubeRay's default template does not (no seccomp, no dropped
+    capabilities). It needs no Kubernetes API, and lands on the job's pool like the head."""
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security(),
+        "containers": [
+            {
+                "name": "ray-job-submitter",
+                "image": image,
+                "resources": {k: dict(v) for k, v in SUBMITTER_RESOURCES.items()},
+                "securityContext": container_security(),
+            }
+        ],
+    }
+    if resources.node_selector:
+        pod["nodeSelector"] = dict(resources.node_selector)
+    if resources.tolerations:
+        pod["tolerations"] = [t.to_dict() for t in resources.tolerations]
+    return {
+        "metadata": {"labels": labels(job, COMPONENT_SUBMITTER, **{LABEL_ATTEMPT: str(attempt)})},
+        "spec": pod,
+    }
 
 
 def export_command(target: ExportTarget) -> list[str]:
@@ -326,7 +347,7 @@ def render_export_job(
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True},
+        "securityContext": pod_security(),
         "containers": [
             {
                 "name": "export",
@@ -337,7 +358,7 @@ def render_export_job(
                 "volumeMounts": [mount],
                 "terminationMessagePath": TERMINATION_LOG,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                "securityContext": container_security(),
             }
         ],
         "volumes": [volume],
@@ -346,16 +367,16 @@ def render_export_job(
         pod["nodeSelector"] = dict(target.node_selector)
     if target.tolerations:
         pod["tolerations"] = [t.to_dict() for t in target.tolerations]
-    labels = _labels(job, "export", **{LABEL_TARGET: target.name})
+    pod_labels = labels(job, COMPONENT_EXPORT, **{LABEL_TARGET: target.name})
     job_spec: dict[str, Any] = {
         "backoffLimit": target.backoff_limit,
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+        "template": {"metadata": {"labels": dict(pod_labels)}, "spec": pod},
     }
     if spec.run_policy.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(export_job_name(job.name, target.name), job, labels),
+        "metadata": metadata(export_job_name(job.name, target.name), job, pod_labels),
         "spec": job_spec,
     }

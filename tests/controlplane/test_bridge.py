@@ -2,7 +2,9 @@
 (the RayJob's entrypoint and head env, the attempt's ConfigMap, the per-job ServiceAccount) and run it with
 `ray job submit` on a local Ray head, as KubeRay's submitter would. The test plays the kubelet: it resolves
 the Secret references, mounts the ConfigMap as a file and hands the driver a bound token of the job's
-ServiceAccount. Training must finish, checkpoint to the S3 server, and report into the job's status."""
+ServiceAccount. Training must finish, checkpoint to the S3 server, and report into the job's status; the Ray
+nodes run with the attempt's token from its Secret (as KubeRay's authOptions gives it), and Ray refuses a
+client without it."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import base64
 import json
 import math
 import os
-import secrets
 import shlex
 import shutil
 import signal
@@ -130,10 +131,18 @@ def run_rayjob_locally(control_plane: ControlPlane, cluster: Cluster, rayjob: di
     argv = [arg.replace(CONFIG_DIR, str(mount)) for arg in shlex.split(rayjob["spec"]["entrypoint"])]
 
     dashboard = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # only the Secret's, via env_vars
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_AUTH"))}  # only what KubeRay gives
     env["PATH"] = f"{BIN}:{env['PATH']}"
-    # Ray 2.59's dashboard wants a token (as KubeRay's authOptions gives the head and the submitter).
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    # What KubeRay puts in every Ray container and the submitter for authOptions: the mode, and the token
+    # from the Secret the operator created for this attempt.
+    auth = rayjob["spec"]["rayClusterSpec"]["authOptions"]
+    assert auth["mode"] == "token"
+    ray_token = resolve_env(
+        {"env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": auth["secretName"], "key": "auth_token"}}}]},
+        cluster.core,
+        namespace,
+    )["T"]
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_token)
     ray_temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     gcs_port = free_port()
     nodes: list[subprocess.Popen] = []
@@ -160,6 +169,7 @@ def run_rayjob_locally(control_plane: ControlPlane, cluster: Cluster, rayjob: di
     try:
         address = f"http://127.0.0.1:{dashboard}"
         eventually("Ray dashboard", lambda: nodes[0].poll() is not None or _reachable(address), timeout=90)
+        assert_refused_without_the_token(address, f"127.0.0.1:{gcs_port}", ray_token, tmp_path)
         for group in cluster_spec["workerGroupSpecs"]:
             limit = group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
             for replica in range(group["replicas"]):
@@ -207,6 +217,40 @@ def run_rayjob_locally(control_plane: ControlPlane, cluster: Cluster, rayjob: di
         shutil.rmtree(ray_temp, ignore_errors=True)
     # The reporter's last patch follows the final event: give the API a moment.
     eventually("final progress", lambda: (cluster.status("bridge").get("progress") or {}).get("percent") == 100, 10)
+
+
+def _status_of(url: str, token: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def assert_refused_without_the_token(dashboard: str, gcs: str, token: str, tmp_path: Path) -> None:
+    """Ray itself refuses a client without the attempt's token: the dashboard's job API (what a submitter
+    uses) and the GCS (what a driver connects to)."""
+    jobs = f"{dashboard}/api/jobs/"
+    assert _status_of(jobs, token) == 200
+    assert _status_of(jobs, None) == 401
+    assert _status_of(jobs, "not-" + token) == 403
+    client = tmp_path / "no_token_client.py"
+    client.write_text(
+        "import ray\n"
+        "try:\n"
+        f"    ray.init(address={gcs!r})\n"
+        "except ConnectionError as err:\n"
+        "    raise SystemExit(f'refused: {err}')\n"
+        "print('connected')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    attempt = subprocess.run(
+        [sys.executable, str(client)], env=env, capture_output=True, text=True, timeout=120
+    )  # ~20 s: the client retries before giving up
+    output = attempt.stdout + attempt.stderr
+    assert attempt.returncode != 0 and "refused" in output, output[-3000:]
+    assert "Authentication token is missing or incorrect" in output, output[-3000:]
 
 
 def _reachable(url: str) -> bool:

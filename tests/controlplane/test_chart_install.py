@@ -123,9 +123,11 @@ def test_the_chart_identity_can_do_its_job_and_no_more(
                     )
                     checked += 1
     print(f"{checked} allowed (verb, resource) pairs checked in the watched namespace, denied outside it")
-    # Secrets: only `get` by name, only in the watched namespace; never list or watch them.
+    # Secrets: `get` by name (the storage Secret's check) and `create` (each attempt's Ray token), only in the
+    # watched namespace; never list, watch, change or delete them.
     assert operator_can(kube_api, "get", "", "secrets", namespace)
-    for verb in ("list", "watch", "create", "update", "delete"):
+    assert operator_can(kube_api, "create", "", "secrets", namespace)
+    for verb in ("list", "watch", "update", "patch", "delete"):
         assert not operator_can(kube_api, verb, "", "secrets", namespace)
     assert not operator_can(kube_api, "get", "", "secrets", other_namespace)
     assert not operator_can(

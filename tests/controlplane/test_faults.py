@@ -33,7 +33,7 @@ from kubeenv import ControlPlane
 from kubernetes.client.rest import ApiException
 from operatorproc import OperatorProcess, running_operator
 
-from edgetune_operator.render import LABEL_MANAGED_BY
+from edgetune_operator.identity import LABEL_MANAGED_BY
 
 pytestmark = pytest.mark.controlplane
 

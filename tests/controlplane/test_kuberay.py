@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
 KUBERAY_VERSION = "v1.6.2"  # hack/images/versions.sh
 BUILD_SCRIPT = "hack/build-kuberay.sh"
 GPU_LABEL = "nvidia.com/gpu.present"
+ENFORCE = "pod-security.kubernetes.io/enforce"
 
 
 def kuberay_home() -> Path:
@@ -139,6 +140,9 @@ def ray_pods(cluster: Cluster, raycluster: str) -> list[Any]:
 def test_kuberay_places_the_rendered_ray_cluster_on_the_gpu_pool(
     name: str, kuberay: Path, operator: OperatorProcess, cluster: Cluster
 ) -> None:
+    # The pods KubeRay builds from the rendered templates (its env, init container and ports added) must be
+    # admitted under the restricted profile: a refused pod would never appear below.
+    cluster.core.patch_namespace(cluster.namespace, {"metadata": {"labels": {ENFORCE: "restricted"}}})
     cluster.create_secret()
     document = example(name)
     cluster.apply(document)
@@ -168,6 +172,19 @@ def test_kuberay_places_the_rendered_ray_cluster_on_the_gpu_pool(
         labels = cluster.core.read_node(pod.spec.node_name).metadata.labels
         assert labels.get(GPU_LABEL) == "true" and EDGE_LABEL not in labels, (pod.metadata.name, labels)
         assert_no_port_clash(pod.spec.containers[0])
+        env = {e.name: e for e in pod.spec.containers[0].env}  # KubeRay's authOptions, from our Secret
+        assert env["RAY_AUTH_MODE"].value == "token", pod.metadata.name
+        assert env["RAY_AUTH_TOKEN"].value_from.secret_key_ref.name == f"{rayjob['metadata']['name']}-ray-auth"
+
+    def submitter() -> list[Any]:
+        return cluster.core.list_namespaced_pod(
+            cluster.namespace, label_selector=f"edgetune.dev/job={name},edgetune.dev/component=submitter"
+        ).items
+
+    # KubeRay submits once KWOK reports the head running; the Job controller's pod is admitted too.
+    (pod,) = eventually("the submitter's pod", submitter, timeout=120)
+    env = {e.name: e for e in pod.spec.containers[0].env}
+    assert env["RAY_AUTH_TOKEN"].value_from.secret_key_ref.name == f"{rayjob['metadata']['name']}-ray-auth"
 
 
 def assert_no_port_clash(container: Any) -> None:

@@ -3,6 +3,7 @@ RayJob status, and KWOK runs export Jobs' pods on the fake edge nodes."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import random
 import time
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import kubernetes.client
 import pytest
-from ftjcluster import GROUP, PLURAL, VERSION, Cluster, eventually, job_document, phase_is, wait_allowed
+from ftjcluster import GROUP, PLURAL, VERSION, Cluster, can, eventually, job_document, phase_is, wait_allowed
 from kubeenv import ControlPlane
 from operatorproc import OperatorProcess, running_operator
 
-from edgetune_operator.render import LABEL_JOB
+from edgetune_operator.identity import LABEL_JOB
 
 pytestmark = pytest.mark.controlplane
 
@@ -32,6 +33,28 @@ def test_apply_renders_configmap_rayjob_and_trainer_identity(operator: OperatorP
     assert '"name": "bert"' in config_map.data["trainer-config.json"]
     role = cluster.rbac.read_namespaced_role("bert-trainer", cluster.namespace)
     assert role.rules[0].resource_names == ["bert"]
+    head = f"system:serviceaccount:{cluster.namespace}:bert-trainer"
+    wait_allowed(cluster.api, head, [("patch", GROUP, "finetunejobs/status", cluster.namespace, "bert")])
+    for verb, resource, name in [
+        ("patch", "finetunejobs/status", "another-job"),
+        ("patch", "finetunejobs", "bert"),
+        ("get", "secrets", "bert-a1-ray-auth"),
+    ]:
+        group = "" if resource == "secrets" else GROUP
+        assert not can(cluster.api, head, verb, group, resource, cluster.namespace, name), (verb, resource, name)
+    # Ray's token, per attempt, in a Secret owned by the job; the job's NetworkPolicies and disruption budget.
+    auth = rayjob["spec"]["rayClusterSpec"]["authOptions"]
+    assert auth == {"mode": "token", "secretName": "bert-a1-ray-auth"}
+    secret = cluster.core.read_namespaced_secret("bert-a1-ray-auth", cluster.namespace)
+    assert len(base64.b64decode(secret.data["auth_token"])) >= 32
+    owned = [secret.metadata.owner_references[0].uid]
+    for name in ("bert-ray", "bert-export"):
+        policy = cluster.networking.read_namespaced_network_policy(name, cluster.namespace)
+        owned.append(policy.metadata.owner_references[0].uid)
+    budget = cluster.policy.read_namespaced_pod_disruption_budget("bert-ray", cluster.namespace)
+    assert budget.spec.min_available == 4  # of 4 workers and the head
+    owned.append(budget.metadata.owner_references[0].uid)
+    assert set(owned) == {created["metadata"]["uid"]}
     status = eventually("Launching", phase_is(cluster, "bert", "Launching"))
     assert status["attempt"] == 1 and status["rayJobName"] == "bert-a1"
     cluster.has_events("bert", ("Normal", "Launched"))

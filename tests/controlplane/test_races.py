@@ -17,8 +17,8 @@ import pytest
 from ftjcluster import GROUP, PLURAL, VERSION, Cluster, eventually, job_document
 from inprocess import calls_of_one_reconcile, kube_of
 
+from edgetune_operator.identity import LABEL_JOB
 from edgetune_operator.reconciler import Reconciler
-from edgetune_operator.render import LABEL_JOB
 
 pytestmark = pytest.mark.controlplane
 

@@ -99,6 +99,24 @@ def test_deployment_args_parse_with_the_operator_command_line() -> None:
     assert build_parser().parse_args(operator_container(template())["args"]).leader_elect is False
 
 
+def test_network_policy_values_reach_the_operator_with_the_dev_minio_added() -> None:
+    documents = template({"minio": {"enabled": True}})
+    policy = build_parser().parse_args(operator_container(documents)["args"]).network_policy
+    assert policy.enabled and policy.api_server_ports == [443, 6443]
+    https, minio = policy.storage_egress
+    assert https == {"ports": [{"port": 443, "protocol": "TCP"}]}
+    assert minio["ports"] == [{"port": 9000, "protocol": "TCP"}]
+    (peer,) = minio["to"]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "edgetune-system"}}
+    minio_pods = next(
+        d for d in kinds(template({"minio": {"enabled": True}}), "Deployment") if "minio" in d["metadata"]["name"]
+    )
+    assert peer["podSelector"]["matchLabels"] == minio_pods["spec"]["template"]["metadata"]["labels"]
+    values = {"networkPolicy": {"enabled": False, "apiServerCIDRs": ["172.18.0.2/32"]}}
+    args = build_parser().parse_args(operator_container(template(values))["args"])
+    assert not args.network_policy.enabled and args.network_policy.api_server_cidrs == ["172.18.0.2/32"]
+
+
 def test_operator_pod_is_locked_down_and_probed_on_its_health_port() -> None:
     documents = template()
     pod = operator_deployment(documents)["spec"]["template"]["spec"]
@@ -182,6 +200,7 @@ def test_dev_minio_shares_one_generated_password_across_its_secret_copies() -> N
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"minio": {"rootPassword": "short"}}, "/minio/rootPassword"),
         ({"metrics": {"port": 70000}}, "/metrics/port"),
+        ({"networkPolicy": {"apiServerCIDRs": ["kubernetes"]}}, "/networkPolicy/apiServerCIDRs/0"),
         ({"healthPort": 8080}, "healthPort and metrics.port must differ"),
     ],
 )

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from edgetune_operator.api import parse_job
+from edgetune_operator.identity import LABEL_JOB
 from edgetune_operator.render import (
     KUEUE_QUEUE_LABEL,
-    LABEL_JOB,
     MAX_RAYJOB_NAME,
     JobRef,
     OperatorDefaults,

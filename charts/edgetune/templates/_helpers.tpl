@@ -71,3 +71,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- else if .Values.minio.enabled -}}{{ include "edgetune.minio.fullname" . }}
 {{- end -}}
 {{- end -}}
+
+{{/* The operator's --network-policy: the networkPolicy values, plus egress to the chart's MinIO when it is on. */}}
+{{- define "edgetune.networkPolicy" -}}
+{{- $policy := deepCopy .Values.networkPolicy -}}
+{{- $egress := $policy.storageEgress | default list -}}
+{{- if .Values.minio.enabled -}}
+{{- $minio := dict "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" .Chart.Name "app.kubernetes.io/instance" .Release.Name "app.kubernetes.io/component" "minio")) "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) -}}
+{{- $egress = append $egress (dict "to" (list $minio) "ports" (list (dict "protocol" "TCP" "port" 9000))) -}}
+{{- end -}}
+{{- $_ := set $policy "storageEgress" $egress -}}
+{{- toJson $policy -}}
+{{- end -}}
