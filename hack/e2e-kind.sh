@@ -142,6 +142,18 @@ stop_port_forwards() {
   PORT_FORWARDS=()
 }
 
+wait_for_nodes() {  # wait_for_nodes SECONDS: every node of the kind cluster registered and Ready
+  local expected ready deadline=$((SECONDS + $1))
+  expected=$(kind get nodes --name "$CLUSTER" | wc -l)
+  while :; do
+    ready=$(kubectl get nodes --no-headers \
+      -o custom-columns='R:.status.conditions[?(@.type=="Ready")].status' 2> /dev/null | grep -cx True || true)
+    ((ready == expected)) && return 0
+    ((SECONDS < deadline)) || die "$ready of $expected nodes Ready after $1 s"
+    sleep 5
+  done
+}
+
 diagnostics() {
   set +e
   log "diagnostics"
@@ -150,6 +162,13 @@ diagnostics() {
   kubectl -n "$NAMESPACE" describe rayjobs
   kubectl get nodes -o wide --show-labels
   kubectl get pods -A -o wide
+  echo "--- kube-system pods that restarted: their previous logs"
+  kubectl -n kube-system get pods --no-headers \
+    -o custom-columns='N:.metadata.name,R:.status.containerStatuses[*].restartCount' 2> /dev/null \
+    | awk '$2 != "0" && $2 != "<none>" {print $1}' | while read -r pod; do
+      echo "--- logs kube-system/$pod (previous)"
+      kubectl -n kube-system logs "$pod" --all-containers --previous --tail=40
+    done
   kubectl -n "$NAMESPACE" get events --sort-by=.lastTimestamp | tail -60
   kubectl -n "$RELEASE_NS" get events --sort-by=.lastTimestamp | tail -30
   local pod
@@ -241,7 +260,19 @@ else
     --image "$KIND_NODE_IMAGE" --wait 300s
 fi
 CLUSTER_UP=1
+# `kind create --wait` waits for the control plane only: a worker can still be joining (its kubelet
+# registering, its CNI config not written) when it returns, and on a loaded 2-core machine that took over a
+# minute once. Every node kind made must be registered and Ready before anything is scheduled or labelled.
+wait_for_nodes 300
 kubectl get nodes -L edgetune.dev/pool -L edgetune.dev/edge
+
+step "NetworkPolicy enforcement: kube-router's policy controller (hack/kube-router-netpol.yaml)"
+# The jobs' NetworkPolicies are on (the chart's default), and the isolation probe below needs them enforced.
+# kindnetd of kind's own release images enforces policies itself; the kind node built here from source
+# carries a stand-in kindnetd that only wires pods, so kube-router filters instead, on every node.
+kind load docker-image docker.io/cloudnativelabs/kube-router:v2.1.0 --name "$CLUSTER"
+kubectl apply -f hack/kube-router-netpol.yaml > /dev/null
+kubectl -n kube-system rollout status daemonset/kube-router --timeout=180s
 train_nodes=$(kubectl get nodes -l edgetune.dev/pool=train -o jsonpath='{.items[*].metadata.name}')
 edge_nodes=$(kubectl get nodes -l edgetune.dev/edge=true -o jsonpath='{.items[*].metadata.name}')
 [[ -n $train_nodes ]] || die "no node labelled edgetune.dev/pool=train"
@@ -291,7 +322,7 @@ step "edgetune (charts/edgetune, MinIO on, watching $NAMESPACE)"
 # Both namespaces enforce the restricted Pod Security profile: the chart's pods, and every pod KubeRay and
 # the Job controller make from what the operator renders, are admitted under it or never run.
 for ns in "$RELEASE_NS" "$NAMESPACE"; do
-  kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - > /dev/null
+  kubectl get namespace "$ns" > /dev/null 2>&1 || kubectl create namespace "$ns" > /dev/null
   kubectl label namespace "$ns" --overwrite pod-security.kubernetes.io/enforce=restricted \
     pod-security.kubernetes.io/enforce-version=latest > /dev/null
 done
@@ -321,6 +352,9 @@ s3() {
 step "quickstart model and data to s3://$BUCKET/$PREFIX/"
 port_forward "$RELEASE_NS" "svc/$MINIO_SERVICE" "$MINIO_LOCAL_PORT:9000"
 s3 upload "$BUCKET" "$PREFIX" examples/quickstart
+# On a kept cluster the jobs' checkpoints from the run before are still there, and a job of the same name
+# resumes from them (as it should): each run here starts its jobs from step 0.
+s3 forget "$BUCKET" "jobs/$NAMESPACE/$JOB_NAME" "jobs/$NAMESPACE/$MINILM_JOB" "jobs/$NAMESPACE/$FAULT_JOB"
 stop_port_forwards
 
 # --- 5. the quickstart FineTuneJob, as a user runs it ---------------------------------------------------
@@ -386,11 +420,44 @@ scrape_metrics() {  # once, while the job trains: the operator's /metrics and ra
 
 # From a pod in another namespace, while the job trains: the head's Ray ports (GCS, dashboard, client) must
 # not answer, while the same pod reaches MinIO and the workers' metrics ports (which the job's NetworkPolicy
-# opens to scrapers): the network path works, and only the policy keeps Ray out of reach.
+# opens to scrapers): the network path works, and only the policy keeps Ray out of reach. The probe pod
+# starts before the job: an enforcer admits a new source pod only once it has synced its IP into its sets
+# (seconds), so a pod made at probe time can be refused everywhere and prove nothing.
 PROBED=0
 OUTSIDER_NS=e2e-outsider
+start_outsider() {
+  kubectl create namespace "$OUTSIDER_NS" --dry-run=client -o yaml | kubectl apply -f - > /dev/null
+  kubectl -n "$OUTSIDER_NS" apply -f - > /dev/null << EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: outsider
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 0
+  containers:
+    - name: probe
+      image: $OPERATOR_IMAGE
+      imagePullPolicy: Never
+      command: [sleep, "3600"]
+EOF
+  kubectl -n "$OUTSIDER_NS" wait --for=condition=Ready pod/outsider --timeout=120s > /dev/null
+}
+probe_from_outsider() {  # probe_from_outsider NAME=HOST:PORT...: one line per target, "NAME open|closed: why"
+  kubectl -n "$OUTSIDER_NS" exec outsider -- python -c '
+import socket, sys
+for target in sys.argv[1:]:
+    name, address = target.split("=")
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        print(name, "open")
+    except OSError as err:
+        print(name, "closed:", err)
+' "$@" 2>&1
+}
 probe_isolation() {
-  local job=$1 head worker minio out
+  local job=$1 head worker minio out attempt port
   ((PROBED)) && return 0
   [[ $(kubectl -n "$NAMESPACE" get ftj "$job" -o jsonpath='{.status.phase}') == Running ]] || return 0
   [[ -n $(progress_step "$job") ]] || return 0
@@ -401,32 +468,26 @@ probe_isolation() {
   minio=$(kubectl -n "$RELEASE_NS" get pods -l app.kubernetes.io/component=minio \
     -o jsonpath='{.items[0].status.podIP}' 2> /dev/null || true)
   [[ -n $head && -n $worker && -n $minio ]] || return 0
-  kubectl create namespace "$OUTSIDER_NS" --dry-run=client -o yaml | kubectl apply -f - > /dev/null
-  out=$(kubectl -n "$OUTSIDER_NS" run "probe-$SECONDS" --rm -i --quiet --restart=Never --image="$OPERATOR_IMAGE" \
-    --image-pull-policy=Never --command -- python -c '
-import socket, sys
-for target in sys.argv[1:]:
-    name, host, port = target.split("=")[0], *target.split("=")[1].rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-        print(name, "open")
-    except OSError as err:
-        print(name, "closed:", err)
-' "minio=$minio:9000" "worker-metrics=$worker:8080" "head-gcs=$head:6379" "head-dashboard=$head:8265" \
-    "head-client=$head:10001" 2>&1) || die "the probe pod in $OUTSIDER_NS failed: $out"
-  echo "$out" | sed 's/^/  isolation probe from namespace '"$OUTSIDER_NS"': /'
-  grep -q '^minio open' <<< "$out" || die "the probe could not reach MinIO: no network path to judge the policy by"
-  grep -q '^worker-metrics open' <<< "$out" || die "the probe could not reach a worker's metrics port, which the policy opens"
-  for port in head-gcs head-dashboard head-client; do
-    grep -q "^$port closed" <<< "$out" || die "a pod in another namespace reached the job's $port port"
+  for attempt in 1 2 3 4 5 6; do
+    out=$(probe_from_outsider "minio=$minio:9000" "worker-metrics=$worker:8080" "head-gcs=$head:6379" \
+      "head-dashboard=$head:8265" "head-client=$head:10001") || die "the probe in $OUTSIDER_NS/outsider failed: $out"
+    for port in head-gcs head-dashboard head-client; do
+      grep -q "^$port closed" <<< "$out" || die "a pod in another namespace reached the job's $port port: $out"
+    done
+    grep -q '^minio open' <<< "$out" && grep -q '^worker-metrics open' <<< "$out" && break
+    ((attempt < 6)) || die "the probe never reached MinIO and a worker's metrics port (which the policy opens): $out"
+    sleep 5  # the worker pod can be newer than the enforcer's last sync
   done
+  echo "$out" | sed 's/^/  isolation probe from namespace '"$OUTSIDER_NS"': /'
   kubectl delete namespace "$OUTSIDER_NS" --wait=false > /dev/null
   PROBED=1
 }
-while_training() { scrape_metrics "$1" && probe_isolation "$1"; }
+# The probe first: a job that has not been probed fails the run, one that has not been scraped does not.
+while_training() { probe_isolation "$1" && scrape_metrics "$1"; }
 
 step "kubectl apply -f $JOB_FILE (namespace $NAMESPACE)"
 kubectl -n "$NAMESPACE" delete ftj "$JOB_NAME" --ignore-not-found --wait=true
+start_outsider
 kubectl -n "$NAMESPACE" apply -f "$JOB_FILE"
 wait_for_phase "$JOB_NAME" Succeeded while_training
 ((SCRAPED)) || echo "  (the job finished before a scrape could catch it Running)"
@@ -486,12 +547,14 @@ import sys, yaml
 job = yaml.safe_load(open(sys.argv[1]))
 job["metadata"]["name"] = sys.argv[2]
 # Three workers on the two training nodes: one node always holds two of them, which a drain can then be
-# seen to take one at a time. 18 epochs of 3 x 16 samples a step: ~300 steps, time for four faults in turn.
+# seen to take one at a time. 30 epochs of 3 x 16 samples a step: ~580 steps, time for four faults in turn and
+# for the recovery from the last (a 300-step run ended before it: a drained pod trains on through its grace period).
 job["spec"]["resources"]["workers"] = 3
-job["spec"]["training"]["epochs"] = 18
+job["spec"]["training"]["epochs"] = 30
 job["spec"]["export"] = []  # the quickstart run proved the export; here the faults are the point
 print(yaml.safe_dump(job, sort_keys=False))
 PY
+  kubectl -n "$NAMESPACE" delete ftj "$FAULT_JOB" --ignore-not-found --wait=true
   kubectl -n "$NAMESPACE" apply -f "$WORK_DIR/$FAULT_JOB.yaml"
   interval=$(kubectl -n "$NAMESPACE" get ftj "$FAULT_JOB" -o jsonpath='{.spec.checkpoint.everySteps}')
 

@@ -3,6 +3,7 @@
     e2e-s3.py upload BUCKET PREFIX DIR       every file under DIR to s3://BUCKET/PREFIX/...
     e2e-s3.py checkpoints BUCKET PREFIX      the checkpoints under PREFIX, each with its files (fails on none)
     e2e-s3.py manifest S3_URI                the manifest.json of an export folder
+    e2e-s3.py forget BUCKET PREFIX...        delete every object under each PREFIX (a job's earlier run)
 
 Credentials come from MINIO_SECRET_JSON (the chart's Secret as `kubectl get -o json` prints it), the endpoint
 from MINIO_ENDPOINT.
@@ -70,6 +71,20 @@ def checkpoints(bucket: str, prefix: str) -> None:
         print(f"  s3://{bucket}/{prefix}/{name}: {', '.join(sorted(files))}")
 
 
+def forget(bucket: str, *prefixes: str) -> None:
+    s3 = client()
+    for prefix in prefixes:
+        keys = [
+            {"Key": item["Key"]}
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+            for item in page.get("Contents", [])
+        ]
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True})
+        if keys:
+            print(f"  forgot s3://{bucket}/{prefix}/ ({len(keys)} objects from an earlier run)")
+
+
 def manifest(uri: str) -> None:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     body = client().get_object(Bucket=bucket, Key=f"{key.rstrip('/')}/manifest.json")["Body"].read()
@@ -78,4 +93,4 @@ def manifest(uri: str) -> None:
 
 if __name__ == "__main__":
     action, args = sys.argv[1], sys.argv[2:]
-    {"upload": upload, "checkpoints": checkpoints, "manifest": manifest}[action](*args)
+    {"upload": upload, "checkpoints": checkpoints, "manifest": manifest, "forget": forget}[action](*args)

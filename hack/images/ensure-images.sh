@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make every image the kind e2e needs available in the local Docker engine, under its official name:
 # present already, else pulled, else built here (see lib.sh). Prints one line per image.
-#   ensure-images.sh            the third-party images (kind node, KubeRay, MinIO) and edgetune's bases
+#   ensure-images.sh            the third-party images (kind node, KubeRay, MinIO, kube-router) and edgetune's bases
 # The bases edgetune's own Dockerfiles start from (python:3.11-slim, rayproject/ray:2.59.0-py311) count:
 # hack/e2e-kind.sh builds edgetune's images from them next.
 set -euo pipefail
@@ -13,6 +13,9 @@ PYTHON=docker.io/library/python:3.11-slim
 RAY=docker.io/rayproject/ray:2.59.0-py311
 NODE=docker.io/kindest/node:$K8S_VERSION
 KUBERAY=quay.io/kuberay/operator:$KUBERAY_VERSION
+# Its version lives here and in hack/kube-router-netpol.yaml, not in versions.sh: a change there rebuilds the
+# kind node image (Kubernetes from source).
+KUBE_ROUTER=docker.io/cloudnativelabs/kube-router:v2.1.0
 REGISTRY=docker.io/library/registry:3
 MINIO=$(sed -n 's/^ *tag: *\(RELEASE\..*\)$/quay.io\/minio\/minio:\1/p' "$REPO_ROOT/charts/edgetune/values.yaml")
 [[ -n $MINIO ]] || { images_log "no MinIO tag found in charts/edgetune/values.yaml"; exit 1; }
@@ -32,7 +35,7 @@ ensure() {
 # A base is needed only to build something on it; try the images themselves first.
 needs_debian() {
   local image
-  for image in "$NODE" "$KUBERAY" "$MINIO" "$PYTHON" "$RAY" "$REGISTRY"; do
+  for image in "$NODE" "$KUBERAY" "$KUBE_ROUTER" "$MINIO" "$PYTHON" "$RAY" "$REGISTRY"; do
     docker image inspect "$image" > /dev/null 2>&1 || return 0
   done
   return 1
@@ -52,6 +55,9 @@ ensure "$NODE" "$IMAGES_DIR/kind-node.sh" \
     "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
 ensure "$KUBERAY" "$IMAGES_DIR/kuberay.sh" \
   "$(content_key "$IMAGES_DIR/kuberay.sh" "$(tree_key "$IMAGES_DIR/kuberay")")"
+ensure "$KUBE_ROUTER" "$IMAGES_DIR/kube-router.sh" \
+  "$(content_key "$IMAGES_DIR/kube-router.sh" "$(tree_key "$IMAGES_DIR/kube-router")" \
+    "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
 ensure "$MINIO" "$IMAGES_DIR/minio.sh" \
   "$(content_key "$IMAGES_DIR/minio.sh" "$(tree_key "$IMAGES_DIR/minio")" "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
 ensure "$REGISTRY" "$IMAGES_DIR/registry.sh" \

@@ -7,9 +7,12 @@ so tests/e2e (which reads the script's output to its end) waited for the whole E
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "hack" / "e2e-kind.sh"
@@ -35,3 +38,26 @@ def test_a_failed_run_ends_its_output_at_once(tmp_path: Path) -> None:
     output, _ = process.communicate(timeout=60)  # without the fix: blocks for E2E_TIMEOUT
     assert process.returncode != 0
     assert "cannot be pulled" in output and "e2e-kind: FAILED" in output, output[-3000:]
+
+
+def test_the_network_policy_enforcer_is_one_version_everywhere() -> None:
+    # The kind e2e loads kube-router's image by name, ensure-images.sh builds it under that name from the Go
+    # module go.mod pins, and the DaemonSet runs it: a bump in one place alone runs an image nobody built.
+    hack = REPO_ROOT / "hack"
+    image = re.compile(r"docker\.io/cloudnativelabs/kube-router:(v[0-9.]+)")
+    found = {
+        "ensure-images.sh": image.findall((hack / "images" / "ensure-images.sh").read_text()),
+        "e2e-kind.sh": image.findall(SCRIPT.read_text()),
+        "kube-router-netpol.yaml": [
+            image.fullmatch(container["image"]).group(1)  # type: ignore[union-attr]
+            for doc in yaml.safe_load_all((hack / "kube-router-netpol.yaml").read_text())
+            if doc["kind"] == "DaemonSet"
+            for container in doc["spec"]["template"]["spec"]["containers"]
+        ],
+        "go.mod": re.findall(
+            r"github\.com/cloudnativelabs/kube-router/v2 (v[0-9.]+)",
+            (hack / "images" / "kube-router" / "go.mod").read_text(),
+        ),
+    }
+    versions = {version for tags in found.values() for version in tags}
+    assert all(found.values()) and len(versions) == 1, found
