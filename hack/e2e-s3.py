@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -58,13 +59,17 @@ def upload(bucket: str, prefix: str, folder: str) -> None:
         print(f"  s3://{bucket}/{key} ({path.stat().st_size} bytes)")
 
 
-def checkpoints(bucket: str, prefix: str) -> None:
-    s3 = client()
-    found: dict[str, list[str]] = {}
+def objects(s3, bucket: str, prefix: str) -> Iterator[dict]:  # noqa: ANN001 (a boto3 client)
+    """Every object under the folder PREFIX, as list_objects_v2 describes it (Key, Size, ...)."""
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
-        for item in page.get("Contents", []):
-            name, _, rest = item["Key"][len(prefix) + 1 :].partition("/")
-            found.setdefault(name, []).append(f"{rest} ({item['Size']} B)")
+        yield from page.get("Contents", [])
+
+
+def checkpoints(bucket: str, prefix: str) -> None:
+    found: dict[str, list[str]] = {}
+    for item in objects(client(), bucket, prefix):
+        name, _, rest = item["Key"][len(prefix) + 1 :].partition("/")
+        found.setdefault(name, []).append(f"{rest} ({item['Size']} B)")
     if not found:
         sys.exit(f"no checkpoint under s3://{bucket}/{prefix}/")
     for name, files in sorted(found.items()):
@@ -74,11 +79,7 @@ def checkpoints(bucket: str, prefix: str) -> None:
 def forget(bucket: str, *prefixes: str) -> None:
     s3 = client()
     for prefix in prefixes:
-        keys = [
-            {"Key": item["Key"]}
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
-            for item in page.get("Contents", [])
-        ]
+        keys = [{"Key": item["Key"]} for item in objects(s3, bucket, prefix)]
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
             s3.delete_objects(Bucket=bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True})
         if keys:
