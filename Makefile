@@ -1,17 +1,21 @@
 # The two commands a fresh clone needs (see README.md):
 #   make quickstart   install, then run examples/quickstart.yaml locally
-#   make test         install, build the test control plane and KubeRay's operator and fetch helm/kubectl
-#                     (all cached), lint, run every tier
+#   make test         install, build the test control plane, KubeRay's operator and Prometheus/promtool and
+#                     fetch helm/kubectl (all cached), lint, run every tier
 # Everything installs from pinned files (constraints.txt, hack/k8s-build/go.sum); nothing by hand.
 PY := .venv/bin/python
 
-.PHONY: setup k8s tools quickstart minilm lint test crd chart lock
+.PHONY: setup k8s prometheus tools quickstart minilm lint test crd chart lock
 setup:
 	./hack/setup.sh
 
 k8s:
 	./hack/build-k8s.sh
 	./hack/build-kuberay.sh
+
+# promtool for the alert tests, and the Prometheus that scrapes a real run (tests/observability, tests/controlplane).
+prometheus:
+	./hack/build-prometheus.sh
 
 tools:
 	./hack/fetch-helm.sh
@@ -29,7 +33,7 @@ lint: setup
 	.venv/bin/ruff format --check .
 	.venv/bin/lint-imports
 
-test: setup k8s tools lint
+test: setup k8s prometheus tools lint
 	cd hack/runc-fit && GOWORK=off GOFLAGS=-mod=readonly go test ./...
 	$(PY) -m pytest
 
@@ -38,7 +42,8 @@ crd: setup
 	.venv/bin/edgetune crd -o crds/finetunejobs.edgetune.dev.yaml
 	$(PY) -m edgetune_operator.apidocs docs/reference.md
 
-# The chart's generated files (its CRD copy, the operator's RBAC rules), from the Python sources.
+# The chart's generated files (its CRD copy, the operator's RBAC rules, the Grafana dashboard and the alerts),
+# from the Python sources.
 chart: crd
 	$(PY) -m edgetune_operator.chartfiles charts/edgetune
 

@@ -145,6 +145,9 @@ class ExportStatus(StatusModel):
     size_bytes: int | None = Field(default=None, ge=0)
     latency_ms: float | None = Field(default=None, description="p95 latency, onnxruntime CPU, batch 1")
     accuracy_drop: float | None = Field(default=None, description="Eval-metric drop in percentage points")
+    missed_budgets: list[Literal["maxSizeMB", "maxLatencyMs", "maxAccuracyDrop"]] | None = Field(
+        default=None, max_length=3, description="The budgets this export missed (unset: it met them all)"
+    )
     message: str | None = None
 
 

@@ -22,6 +22,7 @@ from edgetune_operator.reconciler import Reconciler
 _namespaces = [n for n in os.environ.get("EDGETUNE_NAMESPACES", "").split(",") if n]
 _args = build_parser().parse_args(["--all-namespaces"])  # only for the EDGETUNE_* defaults
 _metrics = OperatorMetrics()
+_metrics.leader.set(1)  # `kopf run` has no Lease: this process is the only one reconciling
 _reconciler = Reconciler(Kube(api_client(None)), defaults_from(_args), _metrics, _namespaces)
 register(kopf.get_default_registry(), _reconciler, _args.resync_seconds)
 _port = int(os.environ.get("EDGETUNE_METRICS_PORT", "8080"))

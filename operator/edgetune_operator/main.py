@@ -159,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     identity = process_identity()
     elector = leader_elector(args, api, identity) if args.leader_elect else None
     renewer: threading.Thread | None = None
+    metrics = OperatorMetrics()
+    # Served before the election, so a standby replica is scraped too (edgetune_leader 0): "up but not
+    # leading" and "down" are different pages.
+    if args.metrics_port:
+        port = metrics.serve(args.metrics_port)
+        logging.getLogger("edgetune.operator").info("metrics on :%d/metrics", port)
     if elector is not None:
         try:
             with standby_health(args.health_port):
@@ -170,14 +176,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         # A leader that cannot renew must stop at once: another replica takes over after the Lease expires.
         renewer = elector.keep_renewing(stop_leading, on_lost=lambda: os._exit(1))
-    metrics = OperatorMetrics()
+    metrics.leader.set(1)
     namespaces = [] if args.all_namespaces else list(args.namespaces)
     reconciler = Reconciler(Kube(api), defaults_from(args), metrics, namespaces)
     registry = kopf.OperatorRegistry()
     stop_resync = register(registry, reconciler, args.resync_seconds)
-    if args.metrics_port:
-        port = metrics.serve(args.metrics_port)
-        logging.getLogger("edgetune.operator").info("metrics on :%d/metrics", port)
     try:
         asyncio.run(
             kopf.operator(

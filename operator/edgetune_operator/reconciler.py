@@ -35,7 +35,7 @@ from kubernetes.client.exceptions import ApiException
 from edgetune_operator.api import FineTuneJobSpec, FineTuneJobStatus, spec_problems
 from edgetune_operator.identity import LABEL_COMPONENT, LABEL_JOB
 from edgetune_operator.kubeapi import Kube, MissingApiError, namespace_gone
-from edgetune_operator.metrics import OperatorMetrics
+from edgetune_operator.metrics import OperatorMetrics, snapshot
 from edgetune_operator.render import (
     ANNOTATION_SUSPENDED_BY,
     CREDENTIAL_KEYS,
@@ -132,6 +132,9 @@ class Reconciler:
             started = time.perf_counter()
             try:
                 return self._reconcile(namespace, name)
+            except Exception:
+                self.metrics.reconcile_errors.inc()
+                raise
             finally:
                 self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
@@ -232,7 +235,7 @@ class Reconciler:
             self.kube.post_event(job, event.type, event.reason, event.message)
             if event.reason in ("ExportSucceeded", "ExportFailed"):
                 self.metrics.exports.labels(result=event.reason.removeprefix("Export").lower()).inc()
-        self.metrics.jobs.set(namespace, name, decision.status.phase)
+        self.metrics.jobs.set(namespace, name, snapshot(observed.spec, decision.status))
         return decision
 
     def _act(self, observed: Observed, decision: Decision, now: datetime) -> None:

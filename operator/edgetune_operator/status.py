@@ -264,7 +264,7 @@ def _exports(b: _Builder, spec: FineTuneJobSpec, trained: RayJobView, jobs: list
 
 def _export_status(target: str, job: ExportJobView) -> ExportStatus:
     report = job.report or {}
-    known = {k: report[k] for k in ("uri", "sizeBytes", "latencyMs", "accuracyDrop") if k in report}
+    known = {k: report[k] for k in ("uri", "sizeBytes", "latencyMs", "accuracyDrop", "missedBudgets") if k in report}
     if job.succeeded:
         return ExportStatus.model_validate(
             {"name": target, "phase": "Succeeded", "message": report.get("message") or "met its budgets", **known}

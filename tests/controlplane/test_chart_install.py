@@ -25,7 +25,11 @@ from edgetune_operator.rbac import operator_rules
 pytestmark = pytest.mark.controlplane
 
 MONITORING_CRDS = sorted((REPO_ROOT / "tests" / "fixtures" / "prometheus-operator" / "v0.85.0").glob("*.yaml"))
-MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor")
+MONITORING_APIS = (
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PodMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,15 @@ def test_every_render_validates_on_the_api_server(
     created = server_dry_run(control_plane, documents).split()
     assert len(created) == len(documents)
     rendered = {d["kind"] for d in documents}
-    assert {"Deployment", "ServiceAccount", "Service", "ServiceMonitor", "PodMonitor", "ConfigMap"} <= rendered
+    assert {
+        "Deployment",
+        "ServiceAccount",
+        "Service",
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+    } <= rendered
     assert ("ClusterRole" in rendered) == bool(values["watch"].get("allNamespaces"))
 
 

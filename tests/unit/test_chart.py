@@ -15,13 +15,19 @@ import pytest
 import yaml
 from helmtool import CHART, REPO_ROOT, kinds, run, set_args, template, tool
 
+from edgetune_operator.alerts import AlertSettings, alert_groups
 from edgetune_operator.api import parse_job
 from edgetune_operator.chartfiles import chart_files
 from edgetune_operator.main import build_parser
 from edgetune_operator.rbac import leader_election_rules, operator_rules
 from edgetune_operator.render import JobRef, OperatorDefaults, render_rayjob
+from edgetune_trainer.metric_catalog import OPERATOR_SCRAPE_JOB
 
-MONITORING = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor")
+MONITORING = (
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PodMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+)
 
 
 def operator_deployment(documents: list[dict[str, Any]]) -> dict[str, Any]:
@@ -146,17 +152,31 @@ def test_replicas_elect_a_leader_with_a_lease_role_in_the_release_namespace_only
 def test_monitors_render_only_when_the_prometheus_operator_crds_exist() -> None:
     documents = template()
     assert not kinds(documents, "ServiceMonitor") and not kinds(documents, "PodMonitor")
+    assert not kinds(documents, "PrometheusRule")
     documents = template({"watch": {"namespaces": ["a", "b"]}}, api_versions=MONITORING)
     (service_monitor,) = kinds(documents, "ServiceMonitor")
     (service,) = kinds(documents, "Service")
     assert service_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert service_monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    # The alerts name the operator's scrape job; the monitor takes it from the Service's label.
+    assert service["metadata"]["labels"][service_monitor["spec"]["jobLabel"]] == OPERATOR_SCRAPE_JOB
     (pod_monitor,) = kinds(documents, "PodMonitor")
     assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
     endpoint = pod_monitor["spec"]["podMetricsEndpoints"][0]
     assert endpoint["port"] == "train-metrics" and endpoint["honorLabels"] is True
     off = {"metrics": {"serviceMonitor": {"enabled": False}, "podMonitor": {"enabled": False}}}
     assert not kinds(template(off, api_versions=MONITORING), "ServiceMonitor")
+    assert not kinds(template({"alerts": {"enabled": False}}, api_versions=MONITORING), "PrometheusRule")
+
+
+def test_prometheus_rule_fills_in_its_values_and_keeps_the_alert_templates() -> None:
+    values = {"alerts": {"stalledMinutes": 7, "runbookBaseUrl": "https://wiki.example/edgetune", "labels": {"a": "b"}}}
+    (rule,) = kinds(template(values, api_versions=MONITORING), "PrometheusRule")
+    assert rule["metadata"]["labels"]["a"] == "b"
+    expected = alert_groups(AlertSettings(stalled_minutes="7", runbook_base_url="https://wiki.example/edgetune"))
+    assert rule["spec"]["groups"] == expected
+    text = yaml.safe_dump(rule)
+    assert "__EDGETUNE_" not in text and "{{ $labels.job }}" in text
 
 
 def test_pod_monitor_selects_the_training_pods_the_operator_renders() -> None:

@@ -1,4 +1,6 @@
-"""The shipped Grafana dashboard queries only metrics the code really exports, and covers all of them."""
+"""The shipped Grafana dashboard and alerts query only metrics the code really exports, and cover all of them;
+the registries export exactly the metric catalog. (tests/observability/ evaluates the queries on a real
+Prometheus; test_chart.py checks that the committed dashboard and alerts are what the code generates.)"""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from edgetune_operator.metrics import OperatorMetrics
+from edgetune_operator.alerts import AlertSettings, alert_rules
+from edgetune_operator.metrics import JobSnapshot, OperatorMetrics
+from edgetune_trainer.metric_catalog import CATALOG
 from edgetune_trainer.training.metrics import TrainMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +60,10 @@ def metric_names(expr: str) -> set[str]:
 def registries() -> list[CollectorRegistry]:
     """The operator's and trainer's registries, every metric touched so each has samples."""
     operator = OperatorMetrics()
-    operator.jobs.set("ns", "j", "Running")
+    operator.jobs.set("ns", "j", JobSnapshot("Running", step=3, running_since=1.0e9, attempt=1, backoff_limit=2))
+    operator.jobs.set("ns", "k", JobSnapshot("Succeeded", budgets_missed=(("edge", 1),)))
+    operator.leader.set(1)
+    operator.reconcile_errors.inc()
     operator.reconcile_seconds.observe(0.1)
     operator.launch_seconds.observe(1.0)
     operator.attempts.inc()
@@ -99,6 +106,21 @@ def test_dashboard_covers_every_exported_family() -> None:
     assert families, "the registries exported nothing"
     missing = sorted(family for family, samples in families.items() if not samples & used)
     assert not missing, f"metric families with no panel or variable querying them: {missing}"
+
+
+def test_the_registries_export_exactly_the_catalog() -> None:
+    families = exported()
+    assert families.keys() == {metric.name for metric in CATALOG}
+    for metric in CATALOG:
+        assert metric.series in families[metric.name] or metric.bucket in families[metric.name], metric.name
+
+
+def test_alerts_query_only_exported_metrics() -> None:
+    known = set().union(*exported().values())
+    for rule in alert_rules(AlertSettings()):
+        named = metric_names(rule["expr"])
+        assert named or "up{" in rule["expr"], f"{rule['alert']}: names no edgetune_ metric"
+        assert named <= known, f"{rule['alert']}: unknown {sorted(named - known)}"
 
 
 def test_panels_have_titles_and_the_datasource_variable() -> None:

@@ -127,6 +127,9 @@ class ExportReport:
             status["latencyMs"] = round(self.latency_ms.p95_ms, 4)
         if self.accuracy_drop is not None:
             status["accuracyDrop"] = round(self.accuracy_drop, 4)
+        missed = [check.budget for check in self.budgets if not check.passed]
+        if missed:
+            status["missedBudgets"] = missed
         return status
 
     def to_dict(self) -> dict[str, Any]:

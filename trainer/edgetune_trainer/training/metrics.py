@@ -1,7 +1,7 @@
 """Prometheus metrics of a training run, served by rank 0 on the pod port named `metrics`.
 
-Names follow the design (prefix `edgetune_`); every series carries `namespace` and `job` labels so
-the shipped dashboard can select one job.
+The definitions (names, labels, buckets) are edgetune_trainer.metric_catalog's; every series carries
+`namespace` and `job` labels so the shipped dashboard can select one job.
 """
 
 from __future__ import annotations
@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 import os
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
+
+from edgetune_trainer import metric_catalog as catalog
+from edgetune_trainer.metric_instruments import gauge, histogram
 
 log = logging.getLogger(__name__)
 
 PORT_ENV = "EDGETUNE_METRICS_PORT"
 DEFAULT_PORT = 8090  # Ray itself exports its metrics on 8080 in KubeRay's pods
-LABELS = ("namespace", "job")
 
 
 class TrainMetrics:
@@ -23,24 +25,16 @@ class TrainMetrics:
 
     def __init__(self, namespace: str, job: str) -> None:
         self.registry = CollectorRegistry()
-        self.labels = {"namespace": namespace, "job": job}
-
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, LABELS, registry=self.registry)
-
-        self.loss = gauge("edgetune_train_loss", "Mean training loss over the last reporting interval")
-        self.samples_per_second = gauge("edgetune_train_samples_per_second", "Training throughput, all workers")
-        self.step = gauge("edgetune_train_step", "Optimizer steps done")
-        self.epoch = gauge("edgetune_train_epoch", "Current epoch (0-based)")
-        self.eval_metric = gauge("edgetune_eval_metric", "Eval accuracy (0-1) after the latest epoch")
-        self.checkpoint_bytes = gauge("edgetune_checkpoint_bytes", "Size of the latest checkpoint")
-        self.checkpoint_seconds = Histogram(
-            "edgetune_checkpoint_seconds",
-            "Time to write and upload one checkpoint",
-            LABELS,
-            registry=self.registry,
-            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-        )
+        self.labels = {catalog.NAMESPACE: namespace, catalog.JOB: job}
+        self.loss = gauge(catalog.TRAIN_LOSS, self.registry)
+        self.samples_per_second = gauge(catalog.TRAIN_SAMPLES_PER_SECOND, self.registry)
+        self.step = gauge(catalog.TRAIN_STEP, self.registry)
+        self.epoch = gauge(catalog.TRAIN_EPOCH, self.registry)
+        self.eval_metric = gauge(catalog.EVAL_METRIC, self.registry)
+        self.checkpoint_bytes = gauge(catalog.CHECKPOINT_BYTES, self.registry)
+        self.checkpoint_seconds = histogram(catalog.CHECKPOINT_SECONDS, self.registry)
+        # At 0 from the start, so that the first checkpoint counts as an increase in rate() and quantiles.
+        self.checkpoint_seconds.labels(**self.labels)
 
     def serve(self, port: int | None = None) -> int | None:
         """Start the HTTP endpoint (port from EDGETUNE_METRICS_PORT, default 8090; 0 turns it off)."""
