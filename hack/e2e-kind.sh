@@ -3,8 +3,9 @@
 # real Helm chart, `helm install charts/edgetune` (MinIO on), `kubectl apply -f examples/quickstart-kind.yaml`,
 # Ray head and workers as pods on the training pool training with DDP over the pod network, checkpoints in
 # MinIO, progress in `kubectl get ftj`, the export Job on the edge node, phase Succeeded with its exports,
-# and metrics scraped from the operator and a worker while it trains. Then faults on real pods (a Ray worker
-# pod, the operator pod, MinIO's pod for a minute), each with what it cost.
+# and metrics scraped from the operator and a worker while it trains, and by a Prometheus in the cluster
+# through what the chart's monitors select (its series of the job, the alert rules evaluated). Then faults on
+# real pods (a Ray worker pod, the operator pod, MinIO's pod for a minute), each with what it cost.
 #
 #   hack/e2e-kind.sh          (make e2e; needs a Docker engine; kind, helm and kubectl are fetched if absent)
 #
@@ -61,6 +62,7 @@ JOB_TIMEOUT=${JOB_TIMEOUT:-900}
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
 MINIO_LOCAL_PORT=${MINIO_LOCAL_PORT:-19000}
 
+PROMETHEUS_IMAGE=$(sed -n 's/^ *image: *\(quay\.io\/prometheus\/prometheus:.*\)$/\1/p' hack/e2e-prometheus.yaml)
 JOB_FILE=examples/quickstart-kind.yaml
 JOB_NAME=quickstart-kind   # metadata.name of $JOB_FILE
 MINILM_FILE=examples/minilm-sentiment-kind.yaml
@@ -280,6 +282,8 @@ edge_nodes=$(kubectl get nodes -l edgetune.dev/edge=true -o jsonpath='{.items[*]
 
 step "images into the cluster"
 workers=$(kind get nodes --name "$CLUSTER" | grep -v -- '-control-plane$' | paste -sd, -)
+# The e2e's Prometheus runs on the control-plane node (hack/e2e-prometheus.yaml), off the training pool.
+kind load docker-image "$PROMETHEUS_IMAGE" --name "$CLUSTER" --nodes "$CLUSTER-control-plane"
 for image in "$OPERATOR_IMAGE" "quay.io/kuberay/operator:$KUBERAY_VERSION" \
   "$(sed -n 's/^ *tag: *\(RELEASE\..*\)$/quay.io\/minio\/minio:\1/p' charts/edgetune/values.yaml)"; do
   kind load docker-image "$image" --name "$CLUSTER" --nodes "$workers"
@@ -332,6 +336,21 @@ helm upgrade --install edgetune charts/edgetune -n "$RELEASE_NS" --create-namesp
   --set minio.enabled=true --set "watch.namespaces={$NAMESPACE}" \
   --wait --timeout 5m
 kubectl get crd finetunejobs.edgetune.dev > /dev/null
+
+step "Prometheus in the cluster, scraping what the chart's monitors select (hack/e2e-prometheus.py)"
+# No Prometheus Operator here: the chart's ServiceMonitor, PodMonitor and PrometheusRule, rendered with the
+# release's values, become a plain Prometheus's scrape jobs and rule file, relabelled as the operator would.
+# Scraped every 5 s (the monitors' interval values): the quickstart trains for well under a minute here.
+helm template edgetune charts/edgetune -n "$RELEASE_NS" --set minio.enabled=true --set "watch.namespaces={$NAMESPACE}" \
+  --set metrics.podMonitor.interval=5s --set metrics.serviceMonitor.interval=5s \
+  --api-versions monitoring.coreos.com/v1/ServiceMonitor --api-versions monitoring.coreos.com/v1/PodMonitor \
+  --api-versions monitoring.coreos.com/v1/PrometheusRule --show-only templates/servicemonitor.yaml \
+  --show-only templates/podmonitor.yaml --show-only templates/prometheusrule.yaml \
+  | "$PYTHON" hack/e2e-prometheus.py config e2e-monitoring > "$WORK_DIR/prometheus-config.yaml"
+kubectl apply -f hack/e2e-prometheus.yaml > /dev/null
+kubectl apply -f "$WORK_DIR/prometheus-config.yaml" > /dev/null
+kubectl -n e2e-monitoring rollout restart deploy/prometheus > /dev/null  # a kept cluster: the new config
+kubectl -n e2e-monitoring rollout status deploy/prometheus --timeout=180s
 
 # --- 4. the quickstart's model and data into MinIO -----------------------------------------------------
 
@@ -518,6 +537,10 @@ done
 stop_port_forwards
 kubectl -n "$NAMESPACE" get ftj "$JOB_NAME"
 echo "FineTuneJob $JOB_NAME Succeeded"
+
+step "Prometheus: the quickstart's series, scraped in the cluster, and the alert rules evaluated"
+"$PYTHON" hack/e2e-prometheus.py check e2e-monitoring "$NAMESPACE" "$JOB_NAME" \
+  || die "the in-cluster Prometheus is missing series of $JOB_NAME (above)"
 
 # --- 5b. a pretrained model: hf:// loaded from the trainer image's Hugging Face cache, no hub -------------
 

@@ -17,6 +17,9 @@ KUBERAY=quay.io/kuberay/operator:$KUBERAY_VERSION
 # kind node image (Kubernetes from source).
 KUBE_ROUTER=docker.io/cloudnativelabs/kube-router:v2.1.0
 REGISTRY=docker.io/library/registry:3
+# The e2e's in-cluster Prometheus, as hack/e2e-prometheus.yaml names it (prometheus.sh checks the module matches).
+PROMETHEUS=$(sed -n 's/^ *image: *\(quay\.io\/prometheus\/prometheus:.*\)$/\1/p' "$REPO_ROOT/hack/e2e-prometheus.yaml")
+[[ -n $PROMETHEUS ]] || { images_log "no Prometheus image found in hack/e2e-prometheus.yaml"; exit 1; }
 MINIO=$(sed -n 's/^ *tag: *\(RELEASE\..*\)$/quay.io\/minio\/minio:\1/p' "$REPO_ROOT/charts/edgetune/values.yaml")
 [[ -n $MINIO ]] || { images_log "no MinIO tag found in charts/edgetune/values.yaml"; exit 1; }
 
@@ -35,7 +38,7 @@ ensure() {
 # A base is needed only to build something on it; try the images themselves first.
 needs_debian() {
   local image
-  for image in "$NODE" "$KUBERAY" "$KUBE_ROUTER" "$MINIO" "$PYTHON" "$RAY" "$REGISTRY"; do
+  for image in "$NODE" "$KUBERAY" "$KUBE_ROUTER" "$MINIO" "$PYTHON" "$RAY" "$REGISTRY" "$PROMETHEUS"; do
     docker image inspect "$image" > /dev/null 2>&1 || return 0
   done
   return 1
@@ -62,5 +65,8 @@ ensure "$MINIO" "$IMAGES_DIR/minio.sh" \
   "$(content_key "$IMAGES_DIR/minio.sh" "$(tree_key "$IMAGES_DIR/minio")" "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
 ensure "$REGISTRY" "$IMAGES_DIR/registry.sh" \
   "$(content_key "$IMAGES_DIR/registry.sh" "$IMAGES_DIR/versions.sh" "$(tree_key "$IMAGES_DIR/registry")" \
+    "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
+ensure "$PROMETHEUS" "$IMAGES_DIR/prometheus.sh" \
+  "$(content_key "$IMAGES_DIR/prometheus.sh" "$(tree_key "$IMAGES_DIR/prometheus")" \
     "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
 images_log "all images ready in $((SECONDS - start)) s"
