@@ -347,9 +347,12 @@ helm template edgetune charts/edgetune -n "$RELEASE_NS" --set minio.enabled=true
   --api-versions monitoring.coreos.com/v1/PrometheusRule --show-only templates/servicemonitor.yaml \
   --show-only templates/podmonitor.yaml --show-only templates/prometheusrule.yaml \
   | "$PYTHON" hack/e2e-prometheus.py config e2e-monitoring > "$WORK_DIR/prometheus-config.yaml"
+kept_prometheus=$(kubectl -n e2e-monitoring get deploy prometheus -o name 2> /dev/null || true)
 kubectl apply -f hack/e2e-prometheus.yaml > /dev/null
 kubectl apply -f "$WORK_DIR/prometheus-config.yaml" > /dev/null
-kubectl -n e2e-monitoring rollout restart deploy/prometheus > /dev/null  # a kept cluster: the new config
+if [[ -n $kept_prometheus ]]; then  # a kept cluster: start afresh, on this run's config
+  kubectl -n e2e-monitoring rollout restart deploy/prometheus > /dev/null
+fi
 kubectl -n e2e-monitoring rollout status deploy/prometheus --timeout=180s
 
 # --- 4. the quickstart's model and data into MinIO -----------------------------------------------------

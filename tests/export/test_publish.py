@@ -259,6 +259,7 @@ def test_republishing_replaces_the_old_export_and_failures_publish_only_a_manife
     manifest = json.loads(storage.read_bytes("exports/tight/manifest.json"))
     assert manifest["phase"] == "Failed" and manifest["message"].startswith("maxSizeMB missed")
     assert failed.to_status()["message"] == manifest["message"]
+    assert failed.to_status()["missedBudgets"] == ["maxSizeMB"] and "missedBudgets" not in ok.to_status()
 
 
 def test_a_corrupt_artifact_in_storage_fails_the_export_with_a_manifest(text_model: Trained, tmp_path: Path) -> None:

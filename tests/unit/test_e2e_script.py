@@ -61,3 +61,22 @@ def test_the_network_policy_enforcer_is_one_version_everywhere() -> None:
     }
     versions = {version for tags in found.values() for version in tags}
     assert all(found.values()) and len(versions) == 1, found
+
+
+def test_the_e2e_prometheus_image_is_the_module_the_suite_builds() -> None:
+    # hack/images/prometheus.sh builds the image the manifest names from the module go.mod pins, which is also
+    # the Prometheus and promtool of the test suite (hack/build-prometheus.sh): Prometheus 3.MM.P is v0.3MM.P.
+    hack = REPO_ROOT / "hack"
+    (image,) = [
+        container["image"]
+        for doc in yaml.safe_load_all((hack / "e2e-prometheus.yaml").read_text())
+        if doc["kind"] == "Deployment"
+        for container in doc["spec"]["template"]["spec"]["containers"]
+    ]
+    name, tag = image.rsplit(":", 1)
+    major, minor, patch = tag.removeprefix("v").split(".")
+    (module,) = re.findall(
+        r"github\.com/prometheus/prometheus (v[0-9.]+)", (hack / "images" / "prometheus" / "go.mod").read_text()
+    )
+    assert name == "quay.io/prometheus/prometheus" and major == "3"
+    assert module == f"v0.3{int(minor):02d}.{patch}", (image, module)

@@ -226,9 +226,16 @@ def test_training_success_creates_exports_then_succeeds() -> None:
 
 def test_failed_export_names_target_and_reason() -> None:
     done = rayjob(1, "Complete", "SUCCEEDED")
-    report = {"name": "edge-int8", "phase": "Failed", "message": "latency 95 ms > budget 80 ms", "latencyMs": 95.0}
+    report = {
+        "name": "edge-int8",
+        "phase": "Failed",
+        "message": "latency 95 ms > budget 80 ms",
+        "latencyMs": 95.0,
+        "missedBudgets": ["maxLatencyMs"],
+    }
     decision = run([done], status=run([done]).status, exports=[export_job(failed=True, report=report)])
     assert decision.status.phase == "Failed"
+    assert decision.status.exports[0].missed_budgets == ["maxLatencyMs"]  # what EdgetuneExportBudgetMissed counts
     message = next(c for c in decision.status.conditions if c.type == "Failed").message
     assert "edge-int8: latency 95 ms > budget 80 ms" in message
 
