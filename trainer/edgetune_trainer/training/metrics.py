@@ -1,4 +1,4 @@
-"""Prometheus metrics of a training run, served by rank 0 on the pod port named `metrics`.
+"""Prometheus metrics of a training run, served by rank 0 on the pod port named `train-metrics`.
 
 The definitions (names, labels, buckets) are edgetune_trainer.metric_catalog's; every series carries
 `namespace` and `job` labels so the shipped dashboard can select one job.
