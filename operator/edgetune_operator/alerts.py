@@ -73,10 +73,14 @@ def alert_rules(settings: AlertSettings) -> list[dict[str, Any]]:
         ),
         _alert(
             "EdgetuneJobStalled",
-            # Running for longer than the window, and the reported step has not moved within it.
+            # Running for longer than the window, and the reported step has not moved within it. The step is
+            # merged across operator replicas and pods first (a new leader's series continues the old one), and
+            # must have been seen through the whole window, so that data returning after a gap (an operator or
+            # Prometheus outage, a relaunch) is not read as a stall.
             per_job(phase, 'phase="Running"') + " == 1"
             f" and on ({PER_JOB}) (time() - {per_job(catalog.JOB_RUNNING_SINCE)}) > {stalled} * 60"
-            f" and on ({PER_JOB}) max by ({PER_JOB}) (changes({catalog.JOB_STEP.series}[{stalled}m])) == 0",
+            f" and on ({PER_JOB}) changes(({per_job(catalog.JOB_STEP)})[{stalled}m:1m]) == 0"
+            f" and on ({PER_JOB}) count_over_time(({per_job(catalog.JOB_STEP)})[{stalled}m:1m]) >= {stalled}",
             "0m",
             "warning",
             f"FineTuneJob {job} has made no progress for {stalled} minutes",
@@ -86,7 +90,8 @@ def alert_rules(settings: AlertSettings) -> list[dict[str, Any]]:
         ),
         _alert(
             "EdgetuneJobBackoffNearlyExhausted",
-            # The attempt running now is the last one runPolicy.backoffLimit allows (jobs allowed retries).
+            # The attempt launching or training now is the last one runPolicy.backoffLimit allows (jobs allowed
+            # retries; exports do not use them, so an exporting job reports no attempt).
             f"{per_job(catalog.JOB_ATTEMPT)} >= on ({PER_JOB}) ({per_job(catalog.JOB_BACKOFF_LIMIT)} + 1)"
             f" and on ({PER_JOB}) {per_job(catalog.JOB_BACKOFF_LIMIT)} > 0",
             "0m",

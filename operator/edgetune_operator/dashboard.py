@@ -43,7 +43,6 @@ class PanelDef:
     queries: tuple[Query, ...]
     unit: str = "short"
     description: str = ""
-    width: int = 8
     instant: bool = False  # the state now, not a range (tables always)
 
     @property
@@ -216,7 +215,7 @@ def _panel(panel_id: int, panel: PanelDef) -> Builder[model.Panel]:
         .datasource(DATASOURCE)
         .unit(panel.unit)
         .height(8)
-        .span(panel.width)
+        .span(8)  # three panels a row
     )
     if panel.description:
         built = built.description(panel.description)

@@ -20,7 +20,8 @@ from edgetune_operator.api import FineTuneJobSpec, FineTuneJobStatus
 from edgetune_trainer import metric_catalog as catalog
 from edgetune_trainer.metric_instruments import counter, gauge, histogram
 
-FINISHED = ("Succeeded", "Failed")
+FINISHED = ("Succeeded", "Failed")  # status.TERMINAL_PHASES (status.py sits above this module)
+ATTEMPT_PHASES = ("Launching", "Running", "Suspended")  # an attempt is live: a failure would use a retry
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,8 @@ class JobSnapshot:
     phase: str
     step: int | None = None  # Running only
     running_since: float | None = None  # Running only: the Training condition's transition, Unix time
-    attempt: int | None = None  # unfinished only
-    backoff_limit: int | None = None  # unfinished only, when the spec is valid
+    attempt: int | None = None  # while an attempt is live (ATTEMPT_PHASES)
+    backoff_limit: int | None = None  # the same, when the spec is valid
     budgets_missed: tuple[tuple[str, int], ...] = ()  # (export target, budgets missed), finished exports only
 
 
@@ -42,13 +43,13 @@ def snapshot(spec: FineTuneJobSpec | None, status: FineTuneJobStatus) -> JobSnap
     running = status.phase == "Running"
     training = next((c for c in status.conditions if c.type == "Training" and c.status == "True"), None)
     since = _unix_time(training.last_transition_time) if running and training else None
-    unfinished = status.phase not in FINISHED
+    live = status.phase in ATTEMPT_PHASES
     return JobSnapshot(
         phase=status.phase,
         step=(status.progress.step if status.progress else 0) if running else None,
         running_since=since,
-        attempt=status.attempt if unfinished and status.attempt else None,
-        backoff_limit=spec.run_policy.backoff_limit if unfinished and spec is not None else None,
+        attempt=status.attempt if live and status.attempt else None,
+        backoff_limit=spec.run_policy.backoff_limit if live and spec is not None else None,
         budgets_missed=tuple(
             (export.name, len(export.missed_budgets or [])) for export in status.exports if export.phase in FINISHED
         ),
@@ -77,10 +78,6 @@ class JobBook(Collector):
                 self._jobs.pop((namespace, name), None)
             else:
                 self._jobs[(namespace, name)] = job
-
-    def clear(self) -> None:
-        with self._lock:
-            self._jobs.clear()
 
     def counts(self) -> Tally[tuple[str, str]]:
         with self._lock:

@@ -18,8 +18,8 @@ ALERTS = [rule["alert"] for rule in alert_rules(chart_settings())]
 RUNBOOKS = AlertSettings().runbook_base_url  # the chart's default runbookBaseUrl
 
 
-def series(metric: str, labels: str, values: str) -> dict[str, str]:
-    return {"series": f"{metric}{{{labels}, {OPERATOR}}}", "values": values}
+def series(metric: str, labels: str, values: str, operator: str = OPERATOR) -> dict[str, str]:
+    return {"series": f"{metric}{{{labels}, {operator}}}", "values": values}
 
 
 def job(name: str) -> str:
@@ -36,14 +36,28 @@ def healthy_operator(minutes: int = 60) -> list[dict[str, str]]:
     ]
 
 
-def running(name: str, steps: str, since: int = 0, attempt: str = "1x60", limit: str = "3x60") -> list[dict[str, str]]:
+def running(
+    name: str,
+    steps: str,
+    since: int = 0,
+    attempt: str = "1x60",
+    limit: str = "3x60",
+    present: str = "1x60",
+    operator: str = OPERATOR,
+) -> list[dict[str, str]]:
+    """A Running job's operator series; `present` is the phase series' values (its gaps are everyone's)."""
+    # The start time, present exactly when the phase is: each "1xN" run of the phase becomes "<since>xN".
+    since_values = " ".join(f"{since}x{t[2:]}" if t.startswith("1x") else t for t in present.split())
     return [
-        series(catalog.JOB_PHASE.series, f'{job(name)}, phase="Running"', "1x60"),
-        series(catalog.JOB_RUNNING_SINCE.series, job(name), f"{since}x60"),
-        series(catalog.JOB_STEP.series, job(name), steps),
-        series(catalog.JOB_ATTEMPT.series, job(name), attempt),
-        series(catalog.JOB_BACKOFF_LIMIT.series, job(name), limit),
+        series(catalog.JOB_PHASE.series, f'{job(name)}, phase="Running"', present, operator),
+        series(catalog.JOB_RUNNING_SINCE.series, job(name), since_values, operator),
+        series(catalog.JOB_STEP.series, job(name), steps, operator),
+        series(catalog.JOB_ATTEMPT.series, job(name), attempt, operator),
+        series(catalog.JOB_BACKOFF_LIMIT.series, job(name), limit, operator),
     ]
+
+
+NEW_LEADER = 'instance="10.0.0.9:8080", pod="edgetune-6c9f-fghij"'  # the replica that took over
 
 
 def fires(
@@ -104,13 +118,16 @@ def alert_cases() -> list[dict[str, Any]]:
             "input_series": [
                 *healthy_operator(),
                 *running("stuck", "0+10x20 200x40"),
-                # Running for 5 minutes (since t=40m) with no step yet: still starting up, not stalled.
+                # An attempt that started training at t=40m and has made no step yet.
                 *running("starting", "0x60", since=40 * 60),
             ],
             "alert_rule_test": [
                 silent("EdgetuneJobStalled", "30m"),
                 fires("EdgetuneJobStalled", "40m", ml("stuck")),
-                # 18 minutes after its start "starting" has still not made a step: both are stalled.
+                # "starting" is 10 and 14 minutes into its attempt: only "stuck" is stalled.
+                fires("EdgetuneJobStalled", "50m", ml("stuck")),
+                fires("EdgetuneJobStalled", "54m", ml("stuck")),
+                # 18 minutes in, "starting" has still not made a step: both are stalled.
                 {
                     **fires("EdgetuneJobStalled", "58m", ml("starting")),
                     "exp_alerts": [
@@ -118,6 +135,28 @@ def alert_cases() -> list[dict[str, Any]]:
                         *fires("EdgetuneJobStalled", "58m", ml("stuck"))["exp_alerts"],
                     ],
                 },
+            ],
+        },
+        {
+            "name": "a new leader's series and an operator outage are not stalls; a stall after the outage is",
+            "interval": "1m",
+            "input_series": [
+                {"series": f'up{{job="{catalog.OPERATOR_SCRAPE_JOB}", {OPERATOR}}}', "values": "1x60"},
+                # The leader changes at 30m: the step goes on in the new replica's series, no gap.
+                *running("failover", "0+10x29 stale", present="1x29 stale"),
+                *running("failover", "_x30 300+10x29", present="_x30 1x29", operator=NEW_LEADER),
+                # No operator series at all from 21m to 40m (an outage), training going on meanwhile.
+                *running("outage", "0+10x20 stale", present="1x20 stale"),
+                *running("outage", "_x40 400+10x19", present="_x40 1x19", operator=NEW_LEADER),
+                # The same outage, but the job is really stuck when the series come back.
+                *running("stuck-after", "0+10x20 stale", present="1x20 stale"),
+                *running("stuck-after", "_x40 200x19", present="_x40 1x19", operator=NEW_LEADER),
+            ],
+            "alert_rule_test": [
+                silent("EdgetuneJobStalled", "35m"),
+                silent("EdgetuneJobStalled", "41m"),  # an alert on changes() alone would fire here
+                silent("EdgetuneJobStalled", "50m"),
+                fires("EdgetuneJobStalled", "58m", ml("stuck-after")),  # 15 minutes seen, none with a step
             ],
         },
         {
@@ -230,7 +269,7 @@ def test_the_rendered_rules_pass_promtool_check(tmp_path: Path) -> None:
 
 def test_each_alert_fires_when_it_should_and_stays_silent_on_a_healthy_job(tmp_path: Path) -> None:
     rules = rendered_rule_files(tmp_path)
-    tested = {case["alert_rule_test"][-1]["alertname"] for case in alert_cases()[1:]}
+    tested = {test["alertname"] for case in alert_cases() for test in case["alert_rule_test"] if test["exp_alerts"]}
     assert tested == set(ALERTS), f"alerts with no firing test: {set(ALERTS) - tested}"
     for key, rule_file in rules.items():
         # promtool applies a file's rule_files to all its tests: one test file per rendering of the rules.

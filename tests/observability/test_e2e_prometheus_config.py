@@ -44,7 +44,9 @@ def relabel(job: dict[str, Any], action: str = "keep") -> dict[str, str]:
 
 
 def test_the_config_scrapes_what_the_monitors_select() -> None:
-    config, rules = translator().prometheus_config(rendered())
+    module = translator()
+    assert module.OPERATOR_SCRAPE_JOB == OPERATOR_SCRAPE_JOB  # the script's copy (it imports no edgetune code)
+    config, rules = module.prometheus_config(rendered())
     jobs = {job["job_name"].split("/")[0]: job for job in config["scrape_configs"]}
     assert len(jobs) == len(config["scrape_configs"]) == 2
     operator, training = jobs["serviceMonitor"], jobs["podMonitor"]

@@ -113,6 +113,11 @@ def test_the_registries_export_exactly_the_catalog() -> None:
     assert families.keys() == {metric.name for metric in CATALOG}
     for metric in CATALOG:
         assert metric.series in families[metric.name] or metric.bucket in families[metric.name], metric.name
+    # Each from the process the catalog says serves it.
+    operator, trainer = registries()
+    for registry, source in ((operator, "operator"), (trainer, "trainer")):
+        names = {family.name for family in registry.collect()}
+        assert names == {metric.name for metric in CATALOG if metric.source == source}, source
 
 
 def test_alerts_query_only_exported_metrics() -> None:

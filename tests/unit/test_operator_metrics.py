@@ -36,6 +36,9 @@ def test_a_launching_job_has_no_step_and_a_finished_one_no_attempt() -> None:
     launching = snapshot(spec(), status(phase="Launching", attempt=1))
     assert launching is not None and launching.step is None and launching.running_since is None
     assert launching.attempt == 1
+    # Exports use no retries of runPolicy.backoffLimit: an exporting job has no live attempt to report.
+    exporting = snapshot(spec(), status(phase="Exporting", attempt=4))
+    assert exporting is not None and exporting.attempt is None and exporting.backoff_limit is None
     failed = snapshot(spec(), status(phase="Failed", attempt=4))
     assert failed is not None and failed.attempt is None and failed.backoff_limit is None
     assert snapshot(None, status()) is None  # no phase yet: nothing to say

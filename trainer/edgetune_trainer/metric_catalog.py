@@ -16,8 +16,9 @@ from typing import Literal
 Kind = Literal["gauge", "counter", "histogram"]
 Source = Literal["operator", "trainer"]
 
-# Label names. `job` is the FineTuneJob's name: both scrape configs keep it (honorLabels), so Prometheus's
-# own scrape-job label stays on `up` only (the operator's scrape job is OPERATOR_SCRAPE_JOB).
+# Label names. `job` is the FineTuneJob's name: both scrape configs keep it (honorLabels). Series without
+# one (edgetune_leader, edgetune_jobs, the reconcile and launch series) and `up` get the scrape job's name,
+# which for the operator is OPERATOR_SCRAPE_JOB.
 NAMESPACE = "namespace"
 JOB = "job"
 PHASE = "phase"
@@ -74,19 +75,18 @@ JOB_RUNNING_SINCE = Metric(
     "When the current attempt started training (Running jobs only), Unix time",
     "operator",
     (NAMESPACE, JOB),
-    "dateTimeAsIso",
 )
 JOB_ATTEMPT = Metric(
     "edgetune_job_attempt",
     "gauge",
-    "Current attempt, 1-based (unfinished jobs only)",
+    "Current attempt, 1-based (while it launches, trains or is suspended)",
     "operator",
     (NAMESPACE, JOB),
 )
 JOB_BACKOFF_LIMIT = Metric(
     "edgetune_job_backoff_limit",
     "gauge",
-    "runPolicy.backoffLimit: retries allowed after the first attempt (unfinished jobs only)",
+    "runPolicy.backoffLimit: retries allowed after the first attempt (as edgetune_job_attempt)",
     "operator",
     (NAMESPACE, JOB),
 )
