@@ -2,7 +2,7 @@
 # Build Prometheus 3 and promtool (module github.com/prometheus/prometheus v0.316.0, from the Go module proxy) for
 # the observability tier: `promtool check rules` / `promtool test rules` on the chart's alerts, and a real
 # Prometheus that scrapes a real operator and training run and evaluates every dashboard query
-# (tests/observability/). Same module as the kind e2e's Prometheus image (hack/images/prometheus/go.mod).
+# (tests/observability/). hack/images/prometheus.sh puts these same binaries into the kind e2e's image.
 #
 # Cached outside the repository like KubeRay's operator (hack/build-kuberay.sh); a re-run with the same inputs
 # prints where it is and builds nothing. About 4 min on 2 cores the first time.
@@ -46,7 +46,11 @@ trap 'rm -rf "$partial"' EXIT
 # No cgo: static binaries that also run in the e2e's distroless-style image.
 export CGO_ENABLED=0 GOWORK=off GOFLAGS="-mod=readonly -buildvcs=false"
 log "building $MODULE $VERSION (prometheus, promtool) from $MODULE_DIR/go.mod"
-(cd "$MODULE_DIR" && go build -trimpath -ldflags="-s -w" -o "$partial/bin/" "$MODULE/cmd/prometheus" "$MODULE/cmd/promtool")
+# Stamped as upstream's release build stamps it (module v0.3MM.P is Prometheus 3.MM.P), so `--version` and
+# prometheus_build_info say which Prometheus this is.
+release=$(sed -E 's/^v0\.3([0-9][0-9])\.([0-9]+)$/3.\1.\2/; s/^3\.0/3./' <<< "$VERSION")
+(cd "$MODULE_DIR" && go build -trimpath -ldflags="-s -w -X github.com/prometheus/common/version.Version=$release" \
+  -o "$partial/bin/" "$MODULE/cmd/prometheus" "$MODULE/cmd/promtool")
 rm -rf "$CACHE/bin" "$STAMP"
 mv "$partial/bin" "$CACHE/"
 echo "$digest" > "$STAMP"

@@ -67,6 +67,6 @@ ensure "$REGISTRY" "$IMAGES_DIR/registry.sh" \
   "$(content_key "$IMAGES_DIR/registry.sh" "$IMAGES_DIR/versions.sh" "$(tree_key "$IMAGES_DIR/registry")" \
     "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
 ensure "$PROMETHEUS" "$IMAGES_DIR/prometheus.sh" \
-  "$(content_key "$IMAGES_DIR/prometheus.sh" "$(tree_key "$IMAGES_DIR/prometheus")" \
+  "$(content_key "$IMAGES_DIR/prometheus.sh" "$REPO_ROOT/hack/build-prometheus.sh" "$(tree_key "$IMAGES_DIR/prometheus")" \
     "$(image_id "$DEBIAN" 2> /dev/null || echo none)")"
 images_log "all images ready in $((SECONDS - start)) s"

@@ -11,9 +11,8 @@ IFS=. read -r major minor patch <<< "$version"
   || { images_log "$1: hack/images/prometheus/go.mod pins $module, not Prometheus $version"; exit 1; }
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
-# Stamped as upstream's release build stamps it, so `prometheus --version` and its build_info say 3.16.0.
-GO_LDFLAGS="-s -w -X github.com/prometheus/common/version.Version=$version" \
-  go_build "$context" "$IMAGES_DIR/prometheus" \
-  github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
+# The binaries the test suite runs (hack/build-prometheus.sh, cached): one build of the module for both.
+bin=$("$REPO_ROOT/hack/build-prometheus.sh" | tail -1)/bin
+cp "$bin/prometheus" "$bin/promtool" "$context/"
 cp "$IMAGES_DIR/prometheus/Dockerfile" "$context/"
 docker_build "$1" "$2" "$context/Dockerfile" "$context" --build-arg BASE_IMAGE=docker.io/library/debian:bookworm-slim
