@@ -24,7 +24,7 @@ import boto3
 import kubernetes.client
 from ftjcluster import Cluster, eventually
 from kubeenv import ControlPlane
-from s3server import S3Server, free_port
+from s3server import CREDENTIALS, S3Server, free_port
 
 from edgetune_operator.identity import LABEL_JOB
 from edgetune_operator.render import CONFIG_DIR
@@ -37,6 +37,15 @@ def upload_folder(s3: S3Server, bucket: str, folder: Path, prefix: str) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
             client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder)}")
+
+
+def stage_inputs(s3: S3Server, bucket: str, cluster: Cluster, model: Path, data: Path) -> None:
+    """What a job reads, where its spec says: the model at models/tiny-bert/, the data file's folder at data/,
+    and the S3 credentials as the Secret `s3` in the job's namespace."""
+    upload_folder(s3, bucket, model, "models/tiny-bert")
+    upload_folder(s3, bucket, data.parent, "data")
+    secret = {k: base64.b64encode(v.encode()).decode() for k, v in CREDENTIALS.items()}
+    cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "s3"}, "data": secret})
 
 
 def resolve_env(container: dict, core: kubernetes.client.CoreV1Api, namespace: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ client without it."""
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from ftjcluster import Cluster, eventually, phase_is
 from kubeenv import ControlPlane
 from operatorproc import running_operator
-from raybridge import run_rayjob_locally, upload_folder
+from raybridge import run_rayjob_locally, stage_inputs
 from s3server import CREDENTIALS, S3Server
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.trainer, pytest.mark.slow]
@@ -33,10 +32,7 @@ def test_rendered_rayjob_trains_with_ray_job_submit(
     reviews: Path,
     tmp_path: Path,
 ) -> None:
-    upload_folder(s3_server, bucket, tiny_bert, "models/tiny-bert")
-    upload_folder(s3_server, bucket, reviews.parent, "data")
-    secret = {k: base64.b64encode(v.encode()).decode() for k, v in CREDENTIALS.items()}
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3"}, "data": secret})
+    stage_inputs(s3_server, bucket, cluster, tiny_bert, reviews)
     document = {
         "apiVersion": "edgetune.dev/v1alpha1",
         "kind": "FineTuneJob",

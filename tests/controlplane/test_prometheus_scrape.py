@@ -13,7 +13,6 @@ EDGETUNE_DASHBOARD_SNAPSHOT=<file.json> keeps the answers, for docs/observabilit
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
@@ -26,8 +25,8 @@ from ftjcluster import Cluster, eventually, phase_is
 from kubeenv import ControlPlane
 from operatorproc import running_operator
 from promtool import PrometheusServer, running_prometheus, write_rule_file
-from raybridge import run_rayjob_locally, upload_folder
-from s3server import CREDENTIALS, S3Server, free_port
+from raybridge import run_rayjob_locally, stage_inputs
+from s3server import S3Server, free_port
 
 from edgetune_operator.alerts import alert_rules, chart_settings
 from edgetune_operator.dashboard import VARIABLES, PanelDef, panels
@@ -125,11 +124,8 @@ def test_every_dashboard_query_answers_from_a_real_scrape(
     reviews: Path,
     tmp_path: Path,
 ) -> None:
-    upload_folder(s3_server, bucket, tiny_bert, "models/tiny-bert")
-    upload_folder(s3_server, bucket, reviews.parent, "data")
+    stage_inputs(s3_server, bucket, cluster, tiny_bert, reviews)
     assert reviews.name == "reviews.jsonl"
-    secret = {k: base64.b64encode(v.encode()).decode() for k, v in CREDENTIALS.items()}
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3"}, "data": secret})
     rules = write_rule_file(tmp_path)
     training_port = free_port()
     with running_operator(control_plane, namespace, tmp_path) as operator:
