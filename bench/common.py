@@ -20,10 +20,11 @@ import operator
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,45 @@ def check(
         "verdict": verdict,
         "note": note,
     }
+
+
+def alternating(sides: Sequence[str], repeats: int) -> Iterator[tuple[int, str]]:
+    """(repeat, side) in an order that cancels drift on a noisy machine: A B, then B A, then A B, ... so a
+    side never always runs first (after a cold cache) or second (after the other warmed the machine)."""
+    for repeat in range(repeats):
+        for side in sides if repeat % 2 == 0 else tuple(reversed(sides)):
+            yield repeat, side
+
+
+def spread_check(
+    name: str,
+    label: str,
+    ratios: Sequence[float],
+    goal: float | None,
+    op: str = ">=",
+    *,
+    figure: str = "",
+    note: str = "",
+    unit: str = "x",
+) -> dict[str, Any]:
+    """One goal judged over repeated measurements (each a ratio of two runs taken side by side): the value
+    is their median; PASS only when the whole spread (min..max) clears the goal, so that one lucky pair
+    never passes and one unlucky pair never hides a clear win behind a median. A spread that straddles the
+    goal is a MISS and says so."""
+    if not ratios:
+        return check(name, label, None, goal, op, unit=unit, figure=figure or "SKIP: nothing measured", note=note)
+    low, high = min(ratios), max(ratios)
+    item = check(name, label, statistics.median(ratios), goal, op, unit=unit, figure=figure, note=note)
+    item["spread"] = [low, high]
+    item["samples"] = list(ratios)
+    spread = f"median of {len(ratios)}, spread {fmt(low, unit)}..{fmt(high, unit)}"
+    if goal is not None:
+        worst = low if op in (">=", ">") else high
+        item["verdict"] = PASS if OPS[op](worst, goal) else MISS
+        if item["verdict"] == MISS and OPS[op](item["value"], goal):
+            spread += ": the median clears the goal, the spread does not"
+    item["figure"] = f"{figure}; {spread}" if figure else spread
+    return item
 
 
 def skipped(name: str, label: str, goal: float | None, op: str, reason: str, unit: str = "x") -> dict[str, Any]:

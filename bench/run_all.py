@@ -41,10 +41,13 @@ BENCHMARKS = (
     Benchmark("gpu", "bench_gpu.py", "bf16 BERT-base samples/s and MFU (SKIP without CUDA)", (300, 600, 900)),
     Benchmark("checkpoint", "bench_checkpoint.py", "checkpoint save/restore vs boto3 multipart", (180, 600, 5400)),
     Benchmark("startup", "bench_startup.py", "time to first step: edgetune run vs plain DDP", (300, 600, 1200)),
-    Benchmark("trainer", "bench_trainer.py", "DDP throughput vs plain DDP; 1 vs 2 workers", (300, 900, 1800)),
+    Benchmark("trainer", "bench_trainer.py", "DDP throughput vs plain DDP; 1 vs 2 workers", (300, 1200, 2400)),
+    Benchmark(
+        "ray-levers", "bench_ray_levers.py", "each Ray setting edgetune run turns off, measured", (300, 900, 1500)
+    ),
     Benchmark("finetune", "bench_finetune.py", "pretrained MiniLM vs random init; freeze modes", (600, 1200, 1200)),
     Benchmark("export", "bench_export.py", "int8 export: size, speed-up, accuracy (MiniLM, ResNet)", (600, 1200, 2400)),
-    Benchmark("operator", "bench_operator.py", "apply→RayJob p50/p99 and operator RSS", (300, 900, 2400)),
+    Benchmark("operator", "bench_operator.py", "burst vs bare client; p99, memory at 1,000 jobs", (600, 1800, 3600)),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}
 

@@ -58,10 +58,14 @@ for _name in API_CALLS:
     setattr(InterleavedKube, _name, _numbered(_name))
 
 
-def in_process_reconciler(api: kubernetes.client.ApiClient, namespace: str) -> Reconciler:
-    """A Reconciler as `edgetune-operator` builds it, over an InterleavedKube on `api`."""
+def in_process_reconciler(
+    api: kubernetes.client.ApiClient, namespace: str, secret_trust_seconds: float = 0.0
+) -> Reconciler:
+    """A Reconciler as `edgetune-operator` builds it, over an InterleavedKube on `api`. It reads the storage
+    Secret at every launch unless `secret_trust_seconds` says otherwise: the races run each launch's every
+    call in turn, and a Secret trusted from the previous job's launch would leave two of them out."""
     defaults = OperatorDefaults(trainer_image="registry.test/edgetune-trainer:0.1.0")
-    return Reconciler(InterleavedKube(api), defaults, OperatorMetrics(), [namespace])
+    return Reconciler(InterleavedKube(api), defaults, OperatorMetrics(), [namespace], secret_trust_seconds)
 
 
 def kube_of(reconciler: Reconciler) -> InterleavedKube:

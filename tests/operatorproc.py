@@ -61,8 +61,16 @@ class OperatorProcess:
     """One operator process; `restart()` kills it (SIGKILL, as a node loss would) and starts another."""
 
     def __init__(
-        self, plane: ControlPlane, namespace: str, log_dir: Path, *extra: str, env: dict[str, str] | None = None
+        self,
+        plane: ControlPlane,
+        namespace: str,
+        log_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
     ) -> None:
+        """`launcher`: what `python` runs instead of `-m edgetune_operator.main` (a script taking the
+        operator's arguments after its own: bench/traced_operator.py)."""
         self.kubeconfig = plane.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, create=False)
         self.namespace = namespace
         self.log_dir = log_dir
@@ -72,13 +80,14 @@ class OperatorProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_port = self.health_port = 0
         self.starts = 0
+        self.launcher = launcher or ["-m", "edgetune_operator.main"]
 
     def start(self, wait: bool = True) -> OperatorProcess:
         self.metrics_port, self.health_port = free_ports(2)
         self.starts += 1
         log = (self.log_dir / f"{self.log_prefix}-{self.starts}.log").open("wb")
         command = [
-            sys.executable, "-m", "edgetune_operator.main",
+            sys.executable, *self.launcher,
             "--kubeconfig", str(self.kubeconfig),
             "--namespace", self.namespace,
             "--metrics-port", str(self.metrics_port),
@@ -110,6 +119,20 @@ class OperatorProcess:
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
             return response.read().decode()
+
+    def snapshot(self, label: str, timeout: float = 120.0) -> Path:
+        """bench/traced_operator.py only: a tracemalloc snapshot, written beside the requests."""
+        folder = Path(self.launcher[1])
+        path = folder / f"{label}.snapshot"
+        (folder / "request").write_text(str(path))
+        assert self.process is not None
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while not Path(f"{path}.done").exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no tracemalloc snapshot after {timeout} s:\n{self.log_text()[-2000:]}")
+            time.sleep(0.2)
+        return path
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:

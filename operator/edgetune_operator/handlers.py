@@ -1,4 +1,6 @@
 """kopf handlers: thin triggers for `Reconciler.reconcile` (all logic lives in status.py and render.py).
+Each adds the job's key to the work queue (workqueue.py) and returns: kopf holds an event's body until its
+handler returns, so the reconciles run on the queue's threads, not on kopf's.
 
 Only watching handlers (`on.event`) and a resync thread are used, on purpose: kopf's change-detecting
 handlers, timers and daemons would store state on the FineTuneJob (annotations, a finalizer), and nothing
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import kopf
@@ -16,41 +19,41 @@ import kubernetes.client
 
 from edgetune_operator.api import GROUP, PLURAL, VERSION
 from edgetune_operator.identity import LABEL_COMPONENT, LABEL_JOB
+from edgetune_operator.memory import release_free_memory
 from edgetune_operator.reconciler import Reconciler
-from edgetune_operator.status import TERMINAL_PHASES
+from edgetune_operator.workqueue import WorkQueue
 
 log = logging.getLogger("edgetune.operator")
 
 
-def _safely(reconciler: Reconciler, namespace: str, name: str) -> None:
-    """Reconcile; an error is logged and left to the next event or the resync to retry."""
-    try:
-        reconciler.reconcile(namespace, name)
-    except Exception:
-        log.exception("reconcile of %s/%s failed; it is retried at the next event or resync", namespace, name)
+RECONCILE_WORKERS = 32  # reconciles wait on the API server, not on the CPU (bench/bench_operator.py)
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_seconds: float) -> threading.Event:
-    """Add the handlers to `registry`; returns the event that stops the resync thread."""
+    """Add the handlers to `registry`; returns the event that stops the resync thread (kopf's cleanup stops
+    the reconcile workers)."""
     stop = threading.Event()
+    queue = WorkQueue(reconciler.reconcile, RECONCILE_WORKERS)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def finetunejob_changed(type: str | None, namespace: str, name: str, **_: Any) -> None:
+    def finetunejob_changed(type: str | None, namespace: str, name: str, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
             reconciler.forget(namespace, name)
+        elif reconciler.is_reconciled(body):  # only the trainer's progress changed: see reconciler.fingerprint
+            reconciler.note_progress(namespace, name, body.get("status") or {})
         else:
-            _safely(reconciler, namespace, name)
+            queue.add(namespace, name)
 
     @kopf.on.event("ray.io", "v1", "rayjobs", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
     def rayjob_changed(namespace: str, labels: dict[str, str], status: kopf.Status, **_: Any) -> None:
         if status:  # a RayJob without status is one we just created: nothing to mirror yet
-            _safely(reconciler, namespace, labels[LABEL_JOB])
+            queue.add(namespace, labels[LABEL_JOB])
 
     @kopf.on.event(
         "batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT, LABEL_COMPONENT: "export"}, registry=registry
     )
     def export_job_changed(namespace: str, labels: dict[str, str], **_: Any) -> None:
-        _safely(reconciler, namespace, labels[LABEL_JOB])
+        queue.add(namespace, labels[LABEL_JOB])
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -61,15 +64,20 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_sec
         settings.posting.enabled = False  # events are ours (kubeapi.post_event), kopf's would be noise
         settings.persistence.finalizer = "edgetune.dev/unused"  # never added: no handler asks for one
         settings.watching.server_timeout = 300
-        settings.execution.max_workers = 16  # reconciles wait on the API server, not on the CPU
+        settings.execution.max_workers = 4  # the handlers only queue keys (and forget deleted jobs)
+        # kopf keeps a worker, holding the object's last body (about 70 KB decoded), for this long after each
+        # event; at 5 s (kopf's default) and progress every 10 s, half of all running jobs had one.
+        settings.queueing.idle_timeout = 1.0
         # No cluster-wide scanning of CRDs and namespaces: the watched resources and namespaces are known,
         # and scanning would need cluster-scope list rights that a namespaced install does not have.
         settings.scanning.disabled = True
-        threading.Thread(target=_resync_loop, args=(reconciler, resync_seconds, stop), daemon=True).start()
+        queue.start()
+        threading.Thread(target=_resync_loop, args=(reconciler, queue, resync_seconds, stop), daemon=True).start()
 
     @kopf.on.cleanup(registry=registry)
     def stop_resync(**_: Any) -> None:
         stop.set()
+        queue.stop()
 
     @kopf.on.probe(id="reconciled_jobs", registry=registry)
     def jobs_known(**_: Any) -> int:
@@ -97,15 +105,27 @@ def connection_info(config: kubernetes.client.Configuration) -> kopf.ConnectionI
     )
 
 
-def _resync_loop(reconciler: Reconciler, interval: float, stop: threading.Event) -> None:
-    """Every `interval`, reconcile each unfinished job: deadlines, missed events, failed API calls."""
-    while not stop.wait(interval):
+def _resync_loop(reconciler: Reconciler, queue: WorkQueue, interval: float, stop: threading.Event) -> None:
+    """Every `interval`, queue the unfinished jobs that are due (`Reconciler.due_for_resync`): at once the
+    waiting ones, near deadlines and failed reconciles; then, spread over half the interval, a tenth of the
+    rest in turn, so each job is reconciled in full at least every ten intervals (missed events). Queued at
+    once, that tenth (a hundred jobs at a thousand) held new jobs back by a second."""
+    sweep = 0
+    next_sweep = time.monotonic() + interval
+    while not stop.wait(max(0.0, next_sweep - time.monotonic())):
+        next_sweep += interval
         for namespace in reconciler.namespaces or [None]:
             try:
-                jobs = reconciler.kube.list_jobs(namespace)
+                now, in_turn = reconciler.due_for_resync(namespace, sweep, interval)
             except Exception:
                 log.exception("resync: listing FineTuneJobs failed")
                 continue
-            for job in jobs:
-                if (job.get("status") or {}).get("phase") not in TERMINAL_PHASES:
-                    _safely(reconciler, job["metadata"]["namespace"], job["metadata"]["name"])
+            for job_namespace, name in now:
+                queue.add(job_namespace, name, background=True)
+            gap = interval / 2 / max(1, len(in_turn) * len(reconciler.namespaces or [None]))
+            for job_namespace, name in in_turn:
+                queue.add(job_namespace, name, background=True)
+                if stop.wait(gap):
+                    return
+        sweep += 1
+        release_free_memory()  # what a burst of launches freed goes back to the system: see memory.py

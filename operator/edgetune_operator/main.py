@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from edgetune_operator.handlers import register
 from edgetune_operator.kubeapi import Kube
 from edgetune_operator.leader import LeaseElector, LeaseForbiddenError
+from edgetune_operator.memory import limit_arenas
 from edgetune_operator.metrics import OperatorMetrics
 from edgetune_operator.reconciler import Reconciler
 from edgetune_operator.render import OperatorDefaults
@@ -79,14 +80,23 @@ def network_policy_settings(text: str) -> NetworkPolicySettings:
         raise argparse.ArgumentTypeError(f"invalid NetworkPolicy settings: {problems}") from None
 
 
+# Connections kept open to the API server: the 16 reconcile workers, the event poster, the resync and the
+# leader election. With the client's default (5 per core: 10 here), a burst of reconciles kept opening and
+# discarding connections, each a new TLS handshake on both sides.
+CONNECTION_POOL_SIZE = 80
+
+
 def api_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
+    config = kubernetes.client.Configuration()
     if kubeconfig:
-        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return kubernetes.client.ApiClient()
+        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=config)
+    else:
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=config)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=config)
+    config.connection_pool_maxsize = CONNECTION_POOL_SIZE
+    return kubernetes.client.ApiClient(config)
 
 
 def defaults_from(args: argparse.Namespace) -> OperatorDefaults:
@@ -149,6 +159,7 @@ def standby_health(port: int) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    limit_arenas()  # before any thread: see memory.py
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

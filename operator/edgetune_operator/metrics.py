@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections import Counter as Tally
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -78,6 +78,13 @@ class JobBook(Collector):
                 self._jobs.pop((namespace, name), None)
             else:
                 self._jobs[(namespace, name)] = job
+
+    def update_step(self, namespace: str, name: str, step: int) -> None:
+        """A Running job's new step, from a progress report that changed nothing else."""
+        with self._lock:
+            job = self._jobs.get((namespace, name))
+            if job is not None and job.step is not None:
+                self._jobs[(namespace, name)] = replace(job, step=step)
 
     def counts(self) -> Tally[tuple[str, str]]:
         with self._lock:

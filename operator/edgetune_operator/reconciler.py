@@ -10,7 +10,8 @@ Three rules keep a decision from resting on a stale view:
   state it reacts to (a runPolicy edit made before a RayJob failed is always seen when deciding on that
   failure);
 - a launch, which cannot be undone, first checks that the job's generation is still the one it decided
-  with (the Secret is read after the job, and a user may edit the spec in between);
+  with whenever something was read after the job (the storage Secret, unless one trusted from a launch
+  in the last 10 s), since a user may edit the spec in between;
 - every write names the job's uid (the status patch as a precondition, children as their owner), so a
   job deleted mid-reconcile, or deleted and created again under the same name, is never written for the
   old one (and a launch waits while RayJobs of an earlier job of the same name remain). Such a reconcile
@@ -19,12 +20,15 @@ Three rules keep a decision from resting on a stale view:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import secrets
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -50,10 +54,23 @@ from edgetune_operator.render import (
     render_trainer_rbac,
 )
 from edgetune_operator.security import render_ray_auth_secret
-from edgetune_operator.status import Decision, decide, held, status_patch
+from edgetune_operator.status import TERMINAL_PHASES, TRAINER_FIELDS, Decision, decide, held, status_patch
 from edgetune_operator.views import ExportJobView, RayJobView, parse_time
 
 log = logging.getLogger("edgetune.operator")
+SECRET_TRUST_SECONDS = 10.0
+
+
+def fingerprint(job: Mapping[str, Any]) -> int:
+    """A digest of all a reconcile's decision can take from the job itself: its identity, spec generation,
+    deletion, and the status fields the operator writes. The trainer's progress reports (TRAINER_FIELDS)
+    change none of it, so an event whose job has the fingerprint of the last reconciled one needs no
+    reconcile: at a thousand running jobs reporting every 10 s, that is 100 reconciles a second saved."""
+    meta = job.get("metadata") or {}
+    status = {key: value for key, value in (job.get("status") or {}).items() if key not in TRAINER_FIELDS}
+    essence = [meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"), status]
+    text = json.dumps(essence, sort_keys=True, default=dict)  # kopf hands over mapping views: dict() them
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
 class StaleViewError(Exception):
@@ -96,11 +113,17 @@ class Observed:
     status: FineTuneJobStatus
     rayjobs: list[RayJobView]
     exports: list[ExportJobView]
+    read_after_job: bool = False  # an API read (the Secret's) came after the job's: see Reconciler._launch
 
 
 class Reconciler:
     def __init__(
-        self, kube: Kube, defaults: OperatorDefaults, metrics: OperatorMetrics, namespaces: list[str] | None = None
+        self,
+        kube: Kube,
+        defaults: OperatorDefaults,
+        metrics: OperatorMetrics,
+        namespaces: list[str] | None = None,
+        secret_trust_seconds: float = SECRET_TRUST_SECONDS,
     ) -> None:
         self.kube = kube
         self.namespaces: list[str] = list(namespaces or [])  # empty: every namespace
@@ -110,6 +133,14 @@ class Reconciler:
         # same name while a reconcile of the old one runs still waits for it.
         self._locks: weakref.WeakValueDictionary[tuple[str, str], threading.Lock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
+        self._usable_secrets: dict[tuple[str, str], float] = {}  # (namespace, Secret) -> trusted until
+        self.secret_trust_seconds = secret_trust_seconds
+        # A launch's independent writes go out together, at most 32 at a time across all reconciles: with the
+        # 32 reconcile workers (handlers.py), within the client's connection pool (main.CONNECTION_POOL_SIZE).
+        # Measured in a burst of 500 launches: 8 writers gave 23 launches/s, 16 gave 30, 32 gave 33.
+        self._writers = ThreadPoolExecutor(32, thread_name_prefix="edgetune-write")
+        # The fingerprint of each job as its last complete reconcile left it (after its own status patch).
+        self._reconciled: dict[tuple[str, str], int] = {}
 
     @contextmanager
     def _locked(self, namespace: str, name: str) -> Iterator[None]:
@@ -125,11 +156,53 @@ class Reconciler:
         would otherwise put the phase back)."""
         with self._locked(namespace, name):
             self.metrics.jobs.set(namespace, name, None)
+            self._reconciled.pop((namespace, name), None)
+
+    def is_reconciled(self, job: Mapping[str, Any]) -> bool:
+        """Has this job, as given (by a watch event), been reconciled already, up to the trainer's fields?"""
+        meta = job.get("metadata") or {}
+        return self._reconciled.get((meta.get("namespace"), meta.get("name"))) == fingerprint(job)
+
+    def due_for_resync(
+        self, namespace: str | None, sweep: int, interval_s: float
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The unfinished jobs a resync sweep reconciles, as (now, in turn). Now: those whose last reconcile
+        did not complete or whose job changed since; those that wait on something no event announces
+        (phase Pending: a Secret, the RayJob API); those whose activeDeadlineSeconds passes before the next
+        sweep. In turn: a rotating tenth of the rest, so that a missed event is made good within ten
+        sweeps. At a thousand running jobs, reconciling all of them every 30 s cost 33 reconciles a second
+        for nothing."""
+        now, in_turn = [], []
+        horizon = datetime.now(timezone.utc).timestamp() + interval_s
+        for job in self.kube.iter_jobs(namespace):
+            meta, status = job["metadata"], job.get("status") or {}
+            if status.get("phase") in TERMINAL_PHASES:
+                continue
+            deadline = ((job.get("spec") or {}).get("runPolicy") or {}).get("activeDeadlineSeconds")
+            started = parse_time(status.get("startTime"))
+            turn = int.from_bytes(hashlib.blake2b(meta["uid"].encode(), digest_size=2).digest(), "big") % 10
+            key = (meta["namespace"], meta["name"])
+            if (
+                status.get("phase") in (None, "Pending")
+                or (deadline is not None and (started is None or started.timestamp() + deadline <= horizon))
+                or not self.is_reconciled(job)
+            ):
+                now.append(key)
+            elif turn == sweep % 10:
+                in_turn.append(key)
+        return now, in_turn
+
+    def note_progress(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """A progress report alone changed the job: only the step metric moves."""
+        step = (status.get("progress") or {}).get("step")
+        if isinstance(step, int):
+            self.metrics.jobs.update_step(namespace, name, step)
 
     def reconcile(self, namespace: str, name: str) -> Decision | None:
         """Reconcile one job; None when there is nothing to reconcile (the job is gone or being deleted)."""
         with self._locked(namespace, name):
             started = time.perf_counter()
+            self._reconciled.pop((namespace, name), None)  # set again only when this one completes
             try:
                 return self._reconcile(namespace, name)
             except Exception:
@@ -163,13 +236,24 @@ class Reconciler:
         return Observed(job, spec, problems, status, rayjobs, exports)
 
     def _setup_problem(self, observed: Observed) -> str | None:
-        """A missing credentials Secret holds the launch (phase Pending) instead of crash-looping pods."""
+        """A missing credentials Secret holds the launch (phase Pending) instead of crash-looping pods.
+
+        A Secret found usable is believed for `secret_trust_seconds`: a burst of jobs sharing one Secret
+        reads it once, not once per job. A problem is never cached, so a Secret created to fix it is seen
+        at the next reconcile."""
         if observed.spec is None or observed.rayjobs:
             return None
         secret = effective_storage(observed.spec.storage, self.defaults.storage).credentials_secret
         if secret is None:
             return None
-        return self.kube.secret_problem(observed.job["metadata"]["namespace"], secret, CREDENTIAL_KEYS)
+        key = (observed.job["metadata"]["namespace"], secret)
+        if self._usable_secrets.get(key, 0.0) > time.monotonic():
+            return None
+        observed.read_after_job = True
+        problem = self.kube.secret_problem(key[0], secret, CREDENTIAL_KEYS)
+        if problem is None:
+            self._usable_secrets[key] = time.monotonic() + self.secret_trust_seconds
+        return problem
 
     def _reconcile(self, namespace: str, name: str) -> Decision | None:
         children = self._children(namespace, name)  # first: see the module doc
@@ -229,8 +313,9 @@ class Reconciler:
             log.error("%s/%s: %s", namespace, name, err)
             decision = held(decision, observed.status, "KubeRayMissing", str(err), now)
         patch = status_patch(observed.status, decision.status)
-        if patch is not None:
-            self.kube.patch_job_status(job, patch)
+        reconciled = job if patch is None else self.kube.patch_job_status(job, patch)
+        # Our own status patch comes back as a watch event: nothing in it is news to this decision.
+        self._reconciled[(namespace, name)] = fingerprint(reconciled)
         for event in decision.events:
             self.kube.post_event(job, event.type, event.reason, event.message)
             if event.reason in ("ExportSucceeded", "ExportFailed"):
@@ -252,7 +337,7 @@ class Reconciler:
         if spec is None:
             return
         if decision.create_attempt is not None:
-            self._launch(ref, spec, decision, now, meta)
+            self._launch(ref, spec, decision, now, meta, observed.read_after_job)
         if decision.create_exports:
             assert decision.export_attempt is not None
             for target in spec.export:
@@ -273,23 +358,42 @@ class Reconciler:
             )
 
     def _launch(
-        self, ref: JobRef, spec: FineTuneJobSpec, decision: Decision, now: datetime, meta: dict[str, Any]
+        self,
+        ref: JobRef,
+        spec: FineTuneJobSpec,
+        decision: Decision,
+        now: datetime,
+        meta: dict[str, Any],
+        read_after_job: bool,
     ) -> None:
         attempt = decision.create_attempt
         assert attempt is not None
-        self._confirm_spec(meta)
-        for obj in [*render_trainer_rbac(ref), *render_job_safeguards(ref, spec, self.defaults)]:
-            self.kube.create(obj)
-        self.kube.create(render_config_map(ref, spec, attempt, self.defaults))
+        if read_after_job:  # else the spec is as fresh as for any decision: the job was the last read
+            self._confirm_spec(meta)
         # A new token per attempt; a relaunch after a crash finds the first one (409) and keeps it.
         token = secrets.token_urlsafe(32)
-        self.kube.create(render_ray_auth_secret(ref, rayjob_name(ref.name, attempt), attempt, token))
+        prerequisites = [
+            *render_trainer_rbac(ref),
+            *render_job_safeguards(ref, spec, self.defaults),
+            render_config_map(ref, spec, attempt, self.defaults),
+            render_ray_auth_secret(ref, rayjob_name(ref.name, attempt), attempt, token),
+        ]
+        # Written at once, not one after another (a launch waited on nine round trips in a row), in two waves:
+        # the API server checks a RoleBinding against its Role (404 while the Role is missing), so the
+        # RoleBinding goes with the RayJob. It is needed only by the head's first status report, seconds
+        # after KubeRay has made the head pod. Everything the pods mount or are guarded by goes first.
+        first = [obj for obj in prerequisites if obj["kind"] != "RoleBinding"]
+        list(self._writers.map(self.kube.create, first))  # the first error is raised here
+        bindings = [self._writers.submit(self.kube.create, obj) for obj in prerequisites if obj not in first]
         deadline_left = None
         if spec.run_policy.active_deadline_seconds is not None:
             start = parse_time(decision.status.start_time) or now
             elapsed = (now - start).total_seconds()
             deadline_left = int(spec.run_policy.active_deadline_seconds - elapsed)
-        if self.kube.create(render_rayjob(ref, spec, attempt, self.defaults, deadline_left)):
+        created_rayjob = self.kube.create(render_rayjob(ref, spec, attempt, self.defaults, deadline_left))
+        for binding in bindings:
+            binding.result()
+        if created_rayjob:
             self.metrics.attempts.inc()
             created = parse_time(meta.get("creationTimestamp"))
             if attempt == 1 and created is not None:

@@ -38,6 +38,7 @@ from edgetune_operator.security import (
     render_disruption_budget,
     render_network_policies,
 )
+from edgetune_trainer import ray_settings
 from edgetune_trainer.config import ExportTarget, StorageSpec
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -161,6 +162,12 @@ def credential_env(storage: StorageSpec) -> list[dict[str, Any]]:
     ]
 
 
+def ray_settings_env() -> list[dict[str, str]]:
+    """What a training job's Ray does not need on a cluster, turned off (edgetune_trainer/ray_settings.py:
+    usage stats, idle prestarted workers; the dashboard, metrics and task events stay for their users)."""
+    return [{"name": key, "value": value} for key, value in ray_settings.CLUSTER.items()]
+
+
 def _config_volume(config_map: str) -> tuple[dict[str, Any], dict[str, Any]]:
     volume = {"name": "edgetune-config", "configMap": {"name": config_map}}
     mount = {"name": "edgetune-config", "mountPath": CONFIG_DIR, "readOnly": True}
@@ -195,9 +202,9 @@ def render_rayjob(
     image = resources.image or defaults.trainer_image
     name = rayjob_name(job.name, attempt)
     volume, mount = _config_volume(config_map_name(job.name, attempt))
-    env = credential_env(storage)
     head_env = [
-        *env,
+        *ray_settings_env(),
+        *credential_env(storage),
         {"name": "EDGETUNE_STATUS_TARGET", "value": f"{job.namespace}/{job.name}"},
         {"name": "EDGETUNE_ATTEMPT", "value": str(attempt)},
     ]
@@ -235,7 +242,11 @@ def render_rayjob(
                 "image": image,
                 "resources": {"requests": dict(worker_limits), "limits": dict(worker_limits)},
                 "ports": [{"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT}],
-                "env": [*credential_env(storage), {"name": "EDGETUNE_METRICS_PORT", "value": str(METRICS_PORT)}],
+                "env": [
+                    *ray_settings_env(),
+                    *credential_env(storage),
+                    {"name": "EDGETUNE_METRICS_PORT", "value": str(METRICS_PORT)},
+                ],
                 "securityContext": container_security(),
             }
         ],

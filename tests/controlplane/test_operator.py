@@ -173,6 +173,35 @@ def test_suspend_and_resume(operator: OperatorProcess, cluster: Cluster) -> None
     assert len(cluster.rayjobs("bert")) == 1  # KubeRay resubmits the same RayJob; the trainer resumes
 
 
+def reconciles(operator: OperatorProcess) -> float:
+    line = next(x for x in operator.metrics().splitlines() if x.startswith("edgetune_reconcile_seconds_count"))
+    return float(line.split()[-1])
+
+
+def test_progress_reports_move_the_step_without_a_reconcile(operator: OperatorProcess, cluster: Cluster) -> None:
+    """The trainer's progress patches (100 a second at a thousand jobs) change nothing a decision reads: the
+    operator moves the job's step metric and reconciles nothing; a change of its own fields still does."""
+    cluster.create_secret()
+    cluster.apply(job_document())
+    eventually("RayJob a1", lambda: cluster.rayjobs("bert"))
+    cluster.play_kuberay("bert-a1", "Running", "RUNNING")
+    eventually("Running", phase_is(cluster, "bert", "Running"))
+    step_series = f'edgetune_job_step{{job="bert",namespace="{cluster.namespace}"}}'
+    eventually("step 0", lambda: f"{step_series} 0.0" in operator.metrics())
+    time.sleep(1)  # the Running patch's own event, reconciled or not, is behind us
+    before = reconciles(operator)
+    for step in range(1, 6):  # as the head's StatusReporter sends them: a merge patch of status.progress
+        patch = {"status": {"progress": {"step": step, "totalSteps": 100, "epoch": 0}}}
+        cluster.custom.patch_namespaced_custom_object_status(GROUP, VERSION, cluster.namespace, PLURAL, "bert", patch)
+    eventually("step 5", lambda: f"{step_series} 5.0" in operator.metrics())
+    assert reconciles(operator) == before
+    # A status field the operator owns, changed by someone else, is reconciled (and put back).
+    patch = {"status": {"phase": "Pending"}}
+    cluster.custom.patch_namespaced_custom_object_status(GROUP, VERSION, cluster.namespace, PLURAL, "bert", patch)
+    eventually("Running again", phase_is(cluster, "bert", "Running"))
+    assert reconciles(operator) > before
+
+
 def test_delete_cleans_up_through_owner_references(operator: OperatorProcess, cluster: Cluster) -> None:
     cluster.create_secret()
     cluster.apply(job_document())

@@ -185,3 +185,29 @@ def calls_of_one_reconcile_of_a_waiting_job(reconciler: Reconciler, cluster: Clu
     waiting = calls_of_one_reconcile(reconciler, cluster.namespace, "probe-waiting")
     assert "secret_problem" in waiting and "create" not in waiting, waiting
     return waiting
+
+
+def test_a_usable_secret_is_read_once_per_burst_and_a_missing_one_every_time(
+    reconciler: Reconciler, cluster: Cluster
+) -> None:
+    """With the operator's Secret trust on, the second launch sharing a Secret reads neither the Secret nor
+    the job again (nothing was read after the job); a Secret with a problem is checked at every reconcile,
+    so creating it is seen at once."""
+    reconciler.secret_trust_seconds = 60.0
+    cluster.create_secret()
+    cluster.apply(job_document("first"))
+    cluster.apply(job_document("second"))
+    first = calls_of_one_reconcile(reconciler, cluster.namespace, "first")
+    second = calls_of_one_reconcile(reconciler, cluster.namespace, "second")
+    assert first.count("secret_problem") == 1 and first.count("get_job") == 2, first
+    assert "secret_problem" not in second and second.count("get_job") == 1, second
+    assert cluster.rayjobs("second")
+    document = job_document("third")
+    document["spec"]["storage"]["credentialsSecret"] = "later"
+    cluster.apply(document)
+    for _ in range(2):
+        waiting = calls_of_one_reconcile(reconciler, cluster.namespace, "third")
+        assert "secret_problem" in waiting and "create" not in waiting, waiting
+    cluster.create_secret("later")
+    launched = calls_of_one_reconcile(reconciler, cluster.namespace, "third")
+    assert "secret_problem" in launched and "create" in launched, launched

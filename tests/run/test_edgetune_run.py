@@ -20,6 +20,8 @@ import yaml
 from PIL import Image
 from s3server import free_port
 
+from edgetune_trainer.training.startup import PHASES as STARTUP_PHASES
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
@@ -119,6 +121,11 @@ def test_quickstart_end_to_end_then_already_finished(tmp_path: Path) -> None:
     assert sha256(job_dir / "exports" / "cpu-int8" / "model.onnx") == manifest["files"]["model.onnx"]["sha256"]
     assert Path(summary["curves"]) == job_dir / "curves.png"
     assert_png(job_dir / "curves.png")
+    # Where the time to the first step went: every phase, the driver's and rank 0's clocks lined up.
+    startup = summary["startupSeconds"]
+    assert list(startup) == [label for _, label in STARTUP_PHASES], startup
+    assert all(seconds >= 0 for seconds in startup.values()) and 0 < sum(startup.values()) < summary["wallSeconds"]
+    assert "start-up: Ray start " in done.stderr
 
     again, seconds = edgetune_run("quickstart.yaml", "--json", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -128,6 +135,7 @@ def test_quickstart_end_to_end_then_already_finished(tmp_path: Path) -> None:
     assert second["steps"] == 75 and second["evalAccuracy"] == summary["evalAccuracy"]
     assert second["finalLoss"] == summary["finalLoss"]  # from the history kept in storage
     assert second["exports"][0]["reused"] is True and second["exports"][0]["budgetsMet"]
+    assert second["startupSeconds"] == {}  # nothing was started
     assert intact_checkpoints(job_dir / "checkpoints") == checkpoints
     assert seconds < 45, f"the second run took {seconds:.0f} s"  # no Ray, no training, no export
 

@@ -8,7 +8,7 @@ import jsonpatch
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from edgetune_operator.kubeapi import guarded_status_patch, namespace_gone
+from edgetune_operator.kubeapi import collection_path, guarded_status_patch, namespace_gone
 
 UID = "0f6d5a9e-4b1c-4d7e-9a51-3c2b1e0d9f88"
 
@@ -71,3 +71,16 @@ def test_namespace_gone_reads_the_api_servers_details() -> None:
     no_json = ApiException(status=404)
     no_json.body = "404 page not found"  # an API group the server does not serve
     assert not namespace_gone(no_json)
+
+
+def test_each_created_kind_has_its_collection_path() -> None:
+    meta = {"name": "x", "namespace": "team-a"}
+    assert collection_path({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta}) == (
+        "/api/v1/namespaces/team-a/configmaps"
+    )
+    assert collection_path({"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": meta}) == (
+        "/apis/ray.io/v1/namespaces/team-a/rayjobs"
+    )
+    assert collection_path({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta}) == (
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings"
+    )

@@ -162,3 +162,14 @@ def test_rendered_objects_share_no_mutable_parts() -> None:
         render_export_job(REF, spec, spec.export[0], 1, OperatorDefaults()),
     ):
         assert "&id" not in yaml.safe_dump(obj)
+
+
+def test_ray_pods_turn_off_only_what_a_cluster_does_not_use() -> None:
+    rayjob = render_rayjob(REF, bert_spec(), 1, OperatorDefaults())
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"], cluster["workerGroupSpecs"][0]["template"]["spec"]]
+    for pod in pods:
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["RAY_USAGE_STATS_ENABLED"] == "0" and env["RAY_enable_worker_prestart"] == "0"
+        # Ray's metrics (the chart's PodMonitor scrapes them) and task events (the Ray dashboard) stay on.
+        assert "RAY_enable_metrics_collection" not in env and "RAY_task_events_report_interval_ms" not in env

@@ -17,7 +17,7 @@ from edgetune_trainer.training.progress import ProgressEvent
 HISTORY_KEY = "history.json"
 KINDS = ("progress", "eval", "checkpoint")
 # Per-process details (worker pids, parameter checksums) mean nothing in a later run.
-_KEPT = [f.name for f in fields(ProgressEvent) if f.name not in ("pids", "param_checksums")]
+_KEPT = [f.name for f in fields(ProgressEvent) if f.name not in ("pids", "param_checksums", "startup")]
 
 
 class RunHistory:

@@ -33,6 +33,7 @@ from huggingface_hub.utils import disable_progress_bars
 from rich.console import Console
 from rich.logging import RichHandler
 
+from edgetune_trainer import ray_settings
 from edgetune_trainer.config import StorageSpec, TrainJobConfig
 from edgetune_trainer.local.display import Display, LiveDisplay, summary_tables
 from edgetune_trainer.local.exports import run_exports
@@ -45,6 +46,7 @@ from edgetune_trainer.storage.retry import RetryPolicy, StorageError
 from edgetune_trainer.training.checkpoint import CHECKPOINTS_KEY, newest_complete
 from edgetune_trainer.training.metrics import PORT_ENV
 from edgetune_trainer.training.progress import ProgressEvent
+from edgetune_trainer.training.startup import describe, phase_seconds
 from edgetune_trainer.training.train import PreparedRun, TrainResult, launch_training, prepare_run
 
 # An unreachable endpoint is reported within seconds: a person is waiting at the terminal, and a local
@@ -103,6 +105,13 @@ def fit_to_machine(config: TrainJobConfig) -> tuple[TrainJobConfig, dict[str, An
         "configure_logging": False,
     }
     return config.model_copy(update={"scaling": local}), ray_init, where
+
+
+def apply_ray_settings(settings: dict[str, str] = ray_settings.LOCAL) -> None:
+    """Turn off what a local training run's Ray does not use (edgetune_trainer/ray_settings.py), before
+    `ray.init`: Ray's processes read these at start-up. A variable the user set already is kept."""
+    for key, value in settings.items():
+        os.environ.setdefault(key, value)
 
 
 @contextlib.contextmanager
@@ -183,6 +192,7 @@ class LocalRun:
         storage = {**local.describe(), "jobUri": self.storage.uri(), "jobDir": job_dir}
         self.summary = RunSummary(job=f"{config.namespace}/{config.name}", storage=storage)
         self._thread: threading.Thread | None = None
+        self._startup_marks: dict[str, float] = {}  # the driver's side of the start-up timeline
 
     def _checkpoint_uri(self, name: str) -> str:
         return self.storage.uri(f"{CHECKPOINTS_KEY}/{name}")
@@ -216,7 +226,10 @@ class LocalRun:
             result = prepared.finished
         else:
             self.display.starting(f"starting a local Ray: {where}")
+            self._startup_marks["ray_starting"] = time.time()
+            apply_ray_settings()
             ray.init(**ray_init)  # here, on the main thread: Ray's SIGTERM handler can only be set there
+            self._startup_marks["ray_ready"] = time.time()
             result = self._train(prepared)
         self.summary.result = result
         self._export()
@@ -246,6 +259,9 @@ class LocalRun:
     def _record(self, event: ProgressEvent) -> None:
         """A progress sink: keep the history; after each checkpoint, save it and mirror the storage, so a
         kill loses at most one checkpoint interval."""
+        if event.startup and not self.summary.startup_seconds:
+            self.summary.startup_seconds = phase_seconds({**self._startup_marks, **dict(event.startup)})
+            self.display.note(describe(self.summary.startup_seconds))
         if event.kind == "checkpoint" and event.checkpoint:
             self.summary.checkpoints_written += 1
             event = dataclasses.replace(event, checkpoint_uri=self._checkpoint_uri(event.checkpoint))

@@ -31,6 +31,7 @@ class RunSummary:
     wall_seconds: float = 0.0
     train_seconds: float = 0.0
     export_seconds: float = 0.0
+    startup_seconds: dict[str, float] = field(default_factory=dict)  # time to the first step, by phase
 
     def conclude(self) -> None:
         """Succeeded when training finished and every export met its budgets; else Failed, saying why."""
@@ -67,6 +68,7 @@ class RunSummary:
             "wallSeconds": round(self.wall_seconds, 2),
             "trainSeconds": round(self.train_seconds, 2),
             "exportSeconds": round(self.export_seconds, 2),
+            "startupSeconds": self.startup_seconds,
             "exports": self.exports,
             "storage": self.storage,
             "curves": self.curves,

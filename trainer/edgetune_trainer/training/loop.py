@@ -43,6 +43,7 @@ from edgetune_trainer.training import checkpoint as ckpt
 from edgetune_trainer.training.evaluate import all_reduce_floats, evaluate, forward, unwrap
 from edgetune_trainer.training.metrics import TrainMetrics
 from edgetune_trainer.training.plan import epoch_order, linear_schedule, make_plan, private_generator
+from edgetune_trainer.training.startup import StartupMarks
 
 log = logging.getLogger("edgetune.train")
 
@@ -76,6 +77,7 @@ class Worker:
     """One rank's view of the run: model, optimizer, data, and the report/checkpoint protocol."""
 
     def __init__(self, loop_config: dict[str, Any]) -> None:
+        self.startup = StartupMarks.since_process_start()
         self.config = load_train_config(loop_config["job"])
         self.base_dir = Path(loop_config["base_dir"]) if loop_config.get("base_dir") else None
         self.run_token: str = loop_config["run_token"]
@@ -89,6 +91,7 @@ class Worker:
         torch.manual_seed(training.seed)  # the same new head on every rank
         self.loaded = load_job_model(self.config, self.base_dir)
         apply_freeze(self.loaded, self.config.model.freeze)
+        self.startup.mark("model_loaded")
         split = split_examples(self.config, self.base_dir)
         self.train_set = encode(
             shard(split.train, self.rank, self.world, equal=True), self.config, self.loaded.tokenizer
@@ -97,10 +100,12 @@ class Worker:
             shard(split.eval, self.rank, self.world, equal=False), self.config, self.loaded.tokenizer
         )
         self.plan = make_plan(self.config, len(self.train_set))
+        self.startup.mark("data_ready")
         torch.manual_seed(training.seed + self.rank)  # dropout differs per rank, reproducibly
 
         self.model = ray.train.torch.prepare_model(self.loaded.model)
         self.pids = tuple(self.gather(os.getpid()))
+        self.startup.mark("ddp_ready")
         params = [p for p in self.model.parameters() if p.requires_grad]
         if training.optimizer == "adamw":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -171,6 +176,8 @@ class Worker:
         mean_loss /= self.world
         rate = samples / elapsed if elapsed > 0 else 0.0
         metrics = {**self._base_metrics("progress"), "loss": mean_loss, "samples_per_second": rate}
+        if self.rank == 0:
+            metrics.update(self.startup.take())  # the first report of a worker group carries its start-up
         if self.metrics:
             self.metrics.record_progress(state.step, state.epoch, mean_loss, rate)
         # The clock restarts before the report, so its cost counts in the next interval's rate.
@@ -289,6 +296,7 @@ class Worker:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             state.step += 1
+            self.startup.mark("first_step")  # once: the first step of this worker group
             if state.step % plan.progress_every == 0:
                 self.report_progress()
             if plan.checkpoint_every_steps and state.step % plan.checkpoint_every_steps == 0:

@@ -42,6 +42,8 @@ class ProgressEvent:
     resumed_from: str | None = None
     pids: tuple[int, ...] = ()  # every rank's worker process, for fault-injection tests
     param_checksums: tuple[float, ...] = ()  # every rank's, on the final event: equal when DDP synced
+    # Rank 0's start-up, on a worker group's first progress event: phase name -> wall-clock time (epoch s).
+    startup: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_metrics(cls, metrics: dict[str, Any], checkpoint_uri: str | None = None) -> ProgressEvent:

@@ -32,6 +32,9 @@ from edgetune_trainer.training.progress import ProgressEvent
 
 log = logging.getLogger("edgetune.status")
 
+# Progress reaches the status at most this often. Each report is a write to the API server and a watch event
+# for the operator: at a thousand running jobs, 100 a second (bench/bench_operator.py runs exactly that).
+PROGRESS_EVERY_S = 10.0
 TARGET_ENV = "EDGETUNE_STATUS_TARGET"  # "<namespace>/<name>", set by the operator on the head pod
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -66,7 +69,7 @@ class StatusReporter:
         namespace: str,
         name: str,
         checkpoint_uri: Callable[[str], str],
-        min_interval: float = 5.0,
+        min_interval: float = PROGRESS_EVERY_S,
     ) -> None:
         self.endpoint = endpoint
         self.path = f"/apis/edgetune.dev/v1alpha1/namespaces/{namespace}/finetunejobs/{name}/status"
