@@ -46,6 +46,7 @@ from typing import Any
 import common
 import kubernetes.client
 import kubernetes.watch
+import proctime
 import yaml
 from proctime import ProcessCpu
 
@@ -97,10 +98,10 @@ def rss_mb(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    seconds = proctime.cpu_seconds(pid)
+    if seconds is None:
+        raise RuntimeError(f"process {pid} is gone")
+    return seconds
 
 
 def job(name: str) -> dict[str, Any]:

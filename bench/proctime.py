@@ -66,7 +66,8 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _cpu_seconds(pid: int) -> float | None:
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of `pid` so far, in seconds; None when it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -116,7 +117,7 @@ class ProcessCpu:
 
     def _sample(self) -> None:
         for pid in _descendants(os.getpid()):
-            seconds, command = _cpu_seconds(pid), _command(pid)
+            seconds, command = cpu_seconds(pid), _command(pid)
             if seconds is not None:
                 self.seconds[pid] = seconds
             if command:
