@@ -79,15 +79,26 @@ def cluster(kube_api: kubernetes.client.ApiClient, namespace: str) -> Cluster:
     return Cluster(kube_api, namespace)
 
 
-@pytest.fixture
-def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    with running_operator(control_plane, namespace, tmp_path) as process:
+def checked_operator(plane: ControlPlane, namespace: str, log_dir: Path, *extra: str) -> Iterator[OperatorProcess]:
+    """An operator with the chart's identity; afterwards its log must show no denial and no traceback."""
+    with running_operator(plane, namespace, log_dir, *extra) as process:
         yield process
     log = process.log_text()
     # A denial shows as "Forbidden" (kopf, the API's reason) or "(403)" (the kubernetes client); a bare
     # "403" would also match timestamps and ports.
     assert not FORBIDDEN.search(log), "the chart's rules were not enough:\n" + log[-3000:]
     assert "Traceback" not in log, log[-5000:]
+
+
+@pytest.fixture
+def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    yield from checked_operator(control_plane, namespace, tmp_path)
+
+
+@pytest.fixture
+def operator_without_resync(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """For tests that count reconciles: a resync sweep (every 3 s in `operator`) would add its own."""
+    yield from checked_operator(control_plane, namespace, tmp_path, "--resync-seconds", "3600")
 
 
 @pytest.fixture

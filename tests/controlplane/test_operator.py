@@ -178,9 +178,12 @@ def reconciles(operator: OperatorProcess) -> float:
     return float(line.split()[-1])
 
 
-def test_progress_reports_move_the_step_without_a_reconcile(operator: OperatorProcess, cluster: Cluster) -> None:
+def test_progress_reports_move_the_step_without_a_reconcile(
+    operator_without_resync: OperatorProcess, cluster: Cluster
+) -> None:
     """The trainer's progress patches (100 a second at a thousand jobs) change nothing a decision reads: the
     operator moves the job's step metric and reconciles nothing; a change of its own fields still does."""
+    operator = operator_without_resync
     cluster.create_secret()
     cluster.apply(job_document())
     eventually("RayJob a1", lambda: cluster.rayjobs("bert"))
