@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 
 log = logging.getLogger("edgetune.operator")
@@ -19,6 +20,7 @@ M_ARENA_MAX = -8  # glibc's mallopt parameter number
 ARENAS = 2
 
 
+@functools.cache  # find_library runs `ldconfig -p`: once per process, not once per resync sweep
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
