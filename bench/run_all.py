@@ -47,6 +47,7 @@ BENCHMARKS = (
     ),
     Benchmark("finetune", "bench_finetune.py", "pretrained MiniLM vs random init; freeze modes", (600, 1200, 1200)),
     Benchmark("export", "bench_export.py", "int8 export: size, speed-up, accuracy (MiniLM, ResNet)", (600, 1200, 2400)),
+    Benchmark("distill", "bench_distill.py", "distilled and pruned MiniLM students vs int8 teacher", (900, 2400, 2400)),
     Benchmark("operator", "bench_operator.py", "burst vs bare client; p99, memory at 1,000 jobs", (600, 1800, 3600)),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}

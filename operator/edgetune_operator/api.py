@@ -99,7 +99,7 @@ class FineTuneJobSpec(ApiModel):
     @model_validator(mode="after")
     def _cross_section(self) -> FineTuneJobSpec:
         problems: list[tuple[Loc, str]] = cross_section_problems(
-            self.training, self.resources.gpus_per_worker, self.export, ("resources",)
+            self.model, self.training, self.resources.gpus_per_worker, self.export, ("resources",)
         )
         raise_problems(problems)
         return self
@@ -107,8 +107,8 @@ class FineTuneJobSpec(ApiModel):
 
 # --- status ----------------------------------------------------------------------------------
 
-Phase = Literal["Pending", "Launching", "Running", "Exporting", "Succeeded", "Failed", "Suspended"]
-ConditionType = Literal["Validated", "Launched", "Training", "Exported", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Launching", "Running", "Distilling", "Exporting", "Succeeded", "Failed", "Suspended"]
+ConditionType = Literal["Validated", "Launched", "Training", "Distilled", "Exported", "Succeeded", "Failed"]
 
 
 class StatusModel(BaseModel):
@@ -138,6 +138,17 @@ class Progress(StatusModel):
     samples_per_second: float | None = None
 
 
+class ExportCandidateStatus(StatusModel):
+    """One model an export target with distill tried: the teacher, the student, the student in int8."""
+
+    name: str = Field(description="teacher-int8 | student | student-int8 (teacher, teacher-fp16 by quantize)")
+    phase: Literal["Succeeded", "Failed"] = Field(description="Succeeded: it met every budget")
+    size_bytes: int | None = Field(default=None, ge=0)
+    latency_ms: float | None = Field(default=None, description="p95 latency, onnxruntime CPU, batch 1")
+    accuracy: float | None = Field(default=None, description="Accuracy on the eval examples")
+    accuracy_drop: float | None = Field(default=None, description="Points below the teacher's torch accuracy")
+
+
 class ExportStatus(StatusModel):
     name: str
     phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
@@ -147,6 +158,10 @@ class ExportStatus(StatusModel):
     accuracy_drop: float | None = Field(default=None, description="Eval-metric drop in percentage points")
     missed_budgets: list[Literal["maxSizeMB", "maxLatencyMs", "maxAccuracyDrop"]] | None = Field(
         default=None, max_length=3, description="The budgets this export missed (unset: it met them all)"
+    )
+    candidate: str | None = Field(default=None, description="With distill: the candidate published")
+    candidates: list[ExportCandidateStatus] | None = Field(
+        default=None, max_length=8, description="With distill: every candidate tried, with its figures"
     )
     message: str | None = None
 

@@ -113,6 +113,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config, base_dir = trainer_config_for(args.file)
+    if args.distill:
+        from edgetune_trainer.training.distill import run_distillation
+
+        summaries = {
+            t: run_distillation(config, t, base_dir=base_dir, fresh=args.fresh).summary() for t in args.distill
+        }
+        print(json.dumps({"distilled": summaries}))
+        return 0
     from edgetune_trainer.training.train import run_training
 
     result = run_training(config, base_dir=base_dir, fresh=args.fresh)
@@ -195,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a FineTuneJob on this machine (local Ray) into spec.storage")
     train.add_argument("file", metavar="FILE", help="FineTuneJob YAML")
     train.add_argument("--fresh", action="store_true", help="delete this job's checkpoints and start over")
+    train.add_argument(
+        "--distill",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="train the student of this export target (repeatable), from the job's trained model, instead",
+    )
     train.set_defaults(func=cmd_train)
 
     export = commands.add_parser("export", help="export one target of a trained FineTuneJob (edgetune-export)")

@@ -88,20 +88,26 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...]
         out["x-kubernetes-list-type"] = "map"
         out["x-kubernetes-list-map-keys"] = _LIST_MAP_KEYS[path]
     if out["type"] == "object":
-        _default_optional_sections(out)
+        absent = {name for name, sub in (node.get("properties") or {}).items() if _defaults_to_none(sub)}
+        _default_optional_sections(out, absent)
     return out
 
 
-def _default_optional_sections(obj: dict[str, Any]) -> None:
+def _defaults_to_none(node: dict[str, Any]) -> bool:
+    return "default" in node and node["default"] is None
+
+
+def _default_optional_sections(obj: dict[str, Any], absent: set[str]) -> None:
     """Give optional object sections `default: {}` so that the API server fills their own defaults.
 
     The API server defaults a field only when its parent object exists; without this, a job that
-    omits `training:` would be stored without any of the training defaults.
+    omits `training:` would be stored without any of the training defaults. Sections whose model default
+    is None (`distill`, `prune`: their presence is the request) are left absent when omitted.
     """
     required = set(obj.get("required", []))
     for name, prop in obj.get("properties", {}).items():
         is_section = prop.get("type") == "object" and "properties" in prop
-        if is_section and name not in required and "required" not in prop and "default" not in prop:
+        if is_section and name not in required | absent and "required" not in prop and "default" not in prop:
             prop["default"] = {}
 
 

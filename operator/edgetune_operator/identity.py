@@ -14,6 +14,8 @@ LABEL_JOB = "edgetune.dev/job"
 LABEL_ATTEMPT = "edgetune.dev/attempt"
 LABEL_COMPONENT = "edgetune.dev/component"
 LABEL_TARGET = "edgetune.dev/export-target"
+LABEL_STAGE = "edgetune.dev/stage"  # on a distillation's RayJob and pods: distill (training's have none)
+STAGE_DISTILL = "distill"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 
 

@@ -45,6 +45,7 @@ from edgetune_operator.render import (
     CREDENTIAL_KEYS,
     JobRef,
     OperatorDefaults,
+    distill_rayjob_name,
     effective_storage,
     rayjob_name,
     render_config_map,
@@ -338,6 +339,8 @@ class Reconciler:
             return
         if decision.create_attempt is not None:
             self._launch(ref, spec, decision, now, meta, observed.read_after_job)
+        if decision.create_distill_attempt is not None:
+            self._launch_distillation(ref, spec, decision)
         if decision.create_exports:
             assert decision.export_attempt is not None
             for target in spec.export:
@@ -356,6 +359,17 @@ class Reconciler:
                 f"its spec changed since it was read (generation {meta.get('generation')} -> "
                 f"{current['metadata'].get('generation')})"
             )
+
+    def _launch_distillation(self, ref: JobRef, spec: FineTuneJobSpec, decision: Decision) -> None:
+        """The distillation's RayJob and its own Ray token; the RBAC, safeguards and ConfigMap it uses are
+        the training's, made at its launch and still there (owned by the job)."""
+        attempt, trained = decision.create_distill_attempt, decision.distill_config_attempt
+        assert attempt is not None and trained is not None
+        name = distill_rayjob_name(ref.name, attempt)
+        self.kube.create(render_ray_auth_secret(ref, name, attempt, secrets.token_urlsafe(32)))
+        if self.kube.create(render_rayjob(ref, spec, attempt, self.defaults, distill_of=trained)):
+            self.metrics.attempts.inc()  # edgetune_attempts_total counts every RayJob started, distillations too
+            log.info("%s/%s: created distillation RayJob attempt %d", ref.namespace, ref.name, attempt)
 
     def _launch(
         self,

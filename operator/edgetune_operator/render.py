@@ -20,7 +20,9 @@ from typing import Any
 from edgetune_operator.api import API_VERSION, FineTuneJobSpec, to_trainer_config
 from edgetune_operator.identity import (
     LABEL_ATTEMPT,
+    LABEL_STAGE,
     LABEL_TARGET,
+    STAGE_DISTILL,
     JobRef,
     bounded_name,
     labels,
@@ -78,6 +80,11 @@ class OperatorDefaults:
 
 def rayjob_name(job: str, attempt: int) -> str:
     return bounded_name(job, f"-a{attempt}", MAX_RAYJOB_NAME)
+
+
+def distill_rayjob_name(job: str, attempt: int) -> str:
+    """Attempt `attempt` of the job's distillation (every export target's student, in one RayJob)."""
+    return bounded_name(job, f"-d{attempt}", MAX_RAYJOB_NAME)
 
 
 def config_map_name(job: str, attempt: int) -> str:
@@ -174,10 +181,11 @@ def _config_volume(config_map: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return volume, mount
 
 
-def train_entrypoint(defaults: OperatorDefaults) -> list[str]:
+def train_entrypoint(defaults: OperatorDefaults, distill: bool = False) -> list[str]:
     """The driver's argv. Only fixed strings go in: the user's spec reaches the trainer as a file."""
     return [
         "edgetune-train",
+        *(["--distill-all"] if distill else []),
         "--config",
         f"{CONFIG_DIR}/{CONFIG_FILE}",
         "--max-failures",
@@ -194,20 +202,27 @@ def render_rayjob(
     attempt: int,
     defaults: OperatorDefaults,
     deadline_left_s: int | None = None,
+    *,
+    distill_of: int | None = None,
 ) -> dict[str, Any]:
-    """The KubeRay RayJob of one attempt: a head running the driver and one fixed-size worker group."""
+    """The KubeRay RayJob of one attempt: a head running the driver and one fixed-size worker group.
+
+    `distill_of`: instead, attempt `attempt` of the distillation after training attempt `distill_of`
+    succeeded. The same cluster shape, NetworkPolicies and Ray token scheme; the trainer config of that
+    training attempt; `--distill-all` in the entrypoint. Its head reports no progress into the job's
+    status, whose progress and latestCheckpoint stay the training run's."""
     resources = spec.resources
     run_policy = spec.run_policy
     storage = effective_storage(spec.storage, defaults.storage)
     image = resources.image or defaults.trainer_image
-    name = rayjob_name(job.name, attempt)
-    volume, mount = _config_volume(config_map_name(job.name, attempt))
-    head_env = [
-        *ray_settings_env(),
-        *credential_env(storage),
+    distill = distill_of is not None
+    name = distill_rayjob_name(job.name, attempt) if distill else rayjob_name(job.name, attempt)
+    volume, mount = _config_volume(config_map_name(job.name, distill_of if distill_of is not None else attempt))
+    reporting = [
         {"name": "EDGETUNE_STATUS_TARGET", "value": f"{job.namespace}/{job.name}"},
         {"name": "EDGETUNE_ATTEMPT", "value": str(attempt)},
     ]
+    head_env = [*ray_settings_env(), *credential_env(storage), *([] if distill else reporting)]
     worker_limits: dict[str, str] = {"cpu": f"{resources.cpus_per_worker:g}", "memory": resources.memory_per_worker}
     if resources.gpus_per_worker:
         worker_limits["nvidia.com/gpu"] = str(resources.gpus_per_worker)
@@ -260,11 +275,13 @@ def render_rayjob(
             pod["tolerations"] = [t.to_dict() for t in resources.tolerations]
 
     pod_labels = labels(job, COMPONENT_TRAINER, **{LABEL_ATTEMPT: str(attempt)})
+    if distill:
+        pod_labels[LABEL_STAGE] = STAGE_DISTILL
     if run_policy.queue_name:
         pod_labels[KUEUE_QUEUE_LABEL] = run_policy.queue_name
     workers = resources.workers
     rayjob_spec: dict[str, Any] = {
-        "entrypoint": shlex.join(train_entrypoint(defaults)),
+        "entrypoint": shlex.join(train_entrypoint(defaults, distill)),
         "shutdownAfterJobFinishes": True,
         "backoffLimit": 0,  # retries are the operator's: each one is a new attempt that resumes
         "suspend": run_policy.suspend,

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from edgetune_operator.api import Condition, ConditionType, ExportStatus, FineTuneJobSpec, FineTuneJobStatus
-from edgetune_operator.render import rayjob_name
+from edgetune_operator.render import distill_rayjob_name, rayjob_name
 from edgetune_operator.views import ExportJobView, RayJobView, parse_time
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -36,6 +36,8 @@ class Event:
 class Decision:
     status: FineTuneJobStatus
     create_attempt: int | None = None  # create ConfigMap + RayJob for this attempt
+    create_distill_attempt: int | None = None  # create the distillation RayJob of this attempt
+    distill_config_attempt: int | None = None  # the training attempt whose ConfigMap it mounts
     create_exports: list[str] = field(default_factory=list)  # export target names
     export_attempt: int | None = None  # whose ConfigMap the export Jobs mount
     suspend_rayjob: tuple[str, bool] | None = None  # (name, suspend)
@@ -124,6 +126,8 @@ def decide(
 ) -> Decision:
     """The next status of a FineTuneJob and what to do to get there (see the module doc)."""
     b = _Builder(job_name, status, generation, now)
+    distills = [r for r in rayjobs if r.distill]
+    rayjobs = [r for r in rayjobs if not r.distill]
     failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
     rejected = status.phase == "Failed" and failed is not None and failed.reason == "InvalidSpec"
     if status.phase in TERMINAL_PHASES and not rejected:  # finished: nothing moves any more
@@ -139,7 +143,7 @@ def decide(
 
     deadline = spec.run_policy.active_deadline_seconds
     if deadline is not None and start is not None and (now - start).total_seconds() > deadline:
-        active = max(rayjobs, key=lambda r: r.attempt, default=None)
+        active = max(distills or rayjobs, key=lambda r: r.attempt, default=None)
         if active is not None and active.outcome in ("launching", "running", "suspended"):
             b.decision.delete_rayjob = active.name
         return b.fail("DeadlineExceeded", f"runPolicy.activeDeadlineSeconds ({deadline} s) passed")
@@ -182,7 +186,51 @@ def decide(
     elif outcome == "failed":
         return _after_failure(b, spec, active)
     else:
-        return _exports(b, spec, active, exports)
+        return _after_training(b, spec, active, distills, exports)
+    return b.decision
+
+
+def _after_training(
+    b: _Builder, spec: FineTuneJobSpec, trained: RayJobView, distills: list[RayJobView], exports: list[ExportJobView]
+) -> Decision:
+    """Training succeeded: distil the students the export targets ask for (one RayJob for all of them,
+    retried like training within runPolicy.backoffLimit, resuming from the students' checkpoints), then
+    export."""
+    if not any(target.distill for target in spec.export):
+        return _exports(b, spec, trained, exports)
+    b.condition("Training", "False", "Completed", f"attempt {trained.attempt} finished training ({trained.name})")
+    if not distills:
+        return _distill(b, trained, 1)
+    active = max(distills, key=lambda r: r.attempt)
+    outcome = active.outcome
+    if outcome == "succeeded":
+        b.condition("Distilled", "True", "Distilled", f"the students are trained ({active.name})")
+        return _exports(b, spec, trained, exports)
+    if outcome == "failed":
+        allowed = spec.run_policy.backoff_limit + 1
+        if not active.failure_kind.retry or active.attempt >= allowed:
+            return b.fail(
+                "DistillationFailed",
+                f"distillation attempt {active.attempt} of {allowed} ({active.name}) failed: {active.failure}",
+            )
+        b.event(
+            "DistillationAttemptFailed",
+            f"distillation attempt {active.attempt} ({active.name}) failed: {active.failure}",
+            warning=True,
+        )
+        return _distill(b, trained, active.attempt + 1)
+    message = f"distillation attempt {active.attempt} is {outcome} ({active.name})"
+    b.condition("Distilled", "False", "Distilling", message)
+    b.phase("Distilling", "Distilling", message)
+    return b.decision
+
+
+def _distill(b: _Builder, trained: RayJobView, attempt: int) -> Decision:
+    b.decision.create_distill_attempt = attempt
+    b.decision.distill_config_attempt = trained.attempt
+    message = f"distillation attempt {attempt}: RayJob {distill_rayjob_name(b.job_name, attempt)}"
+    b.condition("Distilled", "False", "Launched", message)
+    b.phase("Distilling", "DistillationLaunched", message)
     return b.decision
 
 
@@ -264,7 +312,8 @@ def _exports(b: _Builder, spec: FineTuneJobSpec, trained: RayJobView, jobs: list
 
 def _export_status(target: str, job: ExportJobView) -> ExportStatus:
     report = job.report or {}
-    known = {k: report[k] for k in ("uri", "sizeBytes", "latencyMs", "accuracyDrop", "missedBudgets") if k in report}
+    fields = ("uri", "sizeBytes", "latencyMs", "accuracyDrop", "missedBudgets", "candidate", "candidates")
+    known = {k: report[k] for k in fields if k in report}
     if job.succeeded:
         return ExportStatus.model_validate(
             {"name": target, "phase": "Succeeded", "message": report.get("message") or "met its budgets", **known}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from edgetune_operator.render import ANNOTATION_SUSPENDED_BY, LABEL_ATTEMPT, LABEL_TARGET
+from edgetune_operator.render import ANNOTATION_SUSPENDED_BY, LABEL_ATTEMPT, LABEL_STAGE, LABEL_TARGET, STAGE_DISTILL
 
 Outcome = Literal["launching", "running", "succeeded", "failed", "suspended"]
 
@@ -65,6 +65,7 @@ class RayJobView:
     job_status: str
     reason: str
     message: str
+    distill: bool = False  # a distillation's RayJob, not a training attempt's
 
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> RayJobView:
@@ -79,6 +80,7 @@ class RayJobView:
             job_status=status.get("jobStatus", "") or "",
             reason=status.get("reason", "") or "",
             message=status.get("message", "") or "",
+            distill=(meta.get("labels") or {}).get(LABEL_STAGE) == STAGE_DISTILL,
         )
 
     @property

@@ -272,3 +272,39 @@ def test_namespace_scoped_operator_ignores_other_namespaces(
         assert other.rayjobs("elsewhere") == [] and not other.status("elsewhere")
     finally:
         other.custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "elsewhere")
+
+
+def test_a_distill_target_runs_its_own_rayjob_between_training_and_the_exports(
+    operator: OperatorProcess, cluster: Cluster
+) -> None:
+    cluster.create_secret()
+    document = job_document()
+    document["spec"]["export"][0]["distill"] = {"student": {"layers": 2}, "prune": {"heads": 0.5}}
+    cluster.apply(document)  # the API server's schema (the generated CRD) takes the distill section
+    eventually("RayJob a1", lambda: cluster.rayjobs("bert"))
+    cluster.play_kuberay("bert-a1", "Complete", "SUCCEEDED")
+
+    eventually("distillation RayJob d1", lambda: len(cluster.rayjobs("bert")) == 2)
+    status = eventually("Distilling", phase_is(cluster, "bert", "Distilling"))
+    assert status["attempt"] == 1 and status["rayJobName"] == "bert-a1"  # the training's, still
+    distill = cluster.rayjob("bert-d1")
+    assert distill["metadata"]["labels"]["edgetune.dev/stage"] == "distill"
+    assert distill["spec"]["entrypoint"].startswith("edgetune-train --distill-all --config ")
+    head = distill["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert head["volumes"][0]["configMap"]["name"] == "bert-a1-config"
+    assert cluster.core.read_namespaced_secret("bert-d1-ray-auth", cluster.namespace)
+    assert not cluster.batch.list_namespaced_job(cluster.namespace).items  # no export before the students
+
+    cluster.play_kuberay("bert-d1", "Failed", "FAILED", "AppFailed", "worker 1 was OOM-killed")
+    eventually("distillation attempt 2", lambda: len(cluster.rayjobs("bert")) == 3)
+    cluster.has_events("bert", ("Normal", "DistillationLaunched"), ("Warning", "DistillationAttemptFailed"))
+    eventually("attempts metric", lambda: "edgetune_attempts_total 3.0" in operator.metrics())  # a1, d1, d2
+    cluster.play_kuberay("bert-d2", "Complete", "SUCCEEDED")
+
+    eventually("export Job", lambda: cluster.batch.list_namespaced_job(cluster.namespace).items)
+    export = cluster.batch.read_namespaced_job("bert-export-edge-int8", cluster.namespace)
+    assert export.spec.template.spec.volumes[0].config_map.name == "bert-a1-config"
+    status = eventually("Succeeded", phase_is(cluster, "bert", "Succeeded"), timeout=60)
+    distilled = next(c for c in status["conditions"] if c["type"] == "Distilled")
+    assert (distilled["status"], distilled["reason"]) == ("True", "Distilled")
+    assert status["exports"][0]["phase"] == "Succeeded"

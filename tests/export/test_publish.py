@@ -21,9 +21,9 @@ from export_support import FAST, Trained, run_export
 from edgetune_trainer.config import TrainJobConfig, load_train_config
 from edgetune_trainer.export import cli as export_cli
 from edgetune_trainer.export import predict
-from edgetune_trainer.export.pipeline import run_target
 from edgetune_trainer.export.predict import ExportedClassifier, ExportIntegrityError, fetch_export, verify_export
 from edgetune_trainer.export.report import ExportOptions
+from edgetune_trainer.export.target import run_target
 from edgetune_trainer.storage.job import JobStorage
 
 pytestmark = pytest.mark.export

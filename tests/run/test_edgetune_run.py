@@ -250,3 +250,71 @@ def test_an_unreachable_endpoint_fails_fast_naming_it(tmp_path: Path) -> None:
     assert f"reaching object storage at {endpoint} (bucket edgetune-jobs)" in summary["message"]
     assert seconds < 30
     assert "Traceback" not in done.stderr
+
+
+def test_a_distill_target_trains_a_student_that_resumes_and_is_then_reused(tmp_path: Path) -> None:
+    """The student's run is checkpointed and resumed like the job's; the export tries every candidate and
+    publishes the smallest within budget; a third run trains and exports nothing."""
+    job_file = small_job(tmp_path, "distilled", training={"epochs": 1}, checkpoint={"everySteps": 5})
+    job = yaml.safe_load(job_file.read_text())
+    distill = {
+        "student": {"layers": 1, "embeddingRank": 16},
+        "prune": {"heads": 0.5, "ffn": 0.5},
+        "augment": {"probability": 0.3},
+        "epochs": 2,
+    }
+    job["spec"]["export"] = [{"name": "tiny", "quantize": "int8", "distill": distill}]
+    job_file.write_text(yaml.safe_dump(job, sort_keys=False))
+    process = subprocess.Popen(
+        command(str(job_file), "--json"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+        start_new_session=True,
+    )
+    seen = []
+    assert process.stderr is not None
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith("distill tiny: checkpoint at step"):
+            os.killpg(process.pid, signal.SIGINT)
+            break
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, "".join(seen) + stderr[-3000:]
+    interrupted = json.loads(stdout)
+    assert interrupted["phase"] == "Interrupted"
+    assert "interrupted while distilling the student of tiny" in interrupted["message"]
+    students = tmp_path / ".edgetune" / "storage" / "edgetune" / "local" / "distilled" / "students" / "tiny"
+    intact = intact_checkpoints(students / "checkpoints")
+    assert intact, f"no intact student checkpoint after the interrupt: {''.join(seen)[-2000:]}"
+
+    done, _ = edgetune_run(str(job_file), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = summary_of(done)
+    assert summary["alreadyFinished"] is True  # the teacher was trained by the first run
+    [distilled] = summary["distillations"]
+    assert distilled["target"] == "tiny" and distilled["steps"] == distilled["totalSteps"]
+    assert distilled["resumedFrom"].startswith("s3://edgetune/local/distilled/students/tiny/checkpoints/")
+    assert distilled["model"] == "s3://edgetune/local/distilled/students/tiny/model"
+    [export] = summary["exports"]
+    names = [c["name"] for c in export["candidates"]]
+    assert names == ["teacher-int8", "student", "student-int8"]
+    met = [c for c in export["candidates"] if c["phase"] == "Succeeded"]
+    assert export["candidate"] == min(met, key=lambda c: c["sizeBytes"])["name"]
+    assert export["sizeBytes"] == min(c["sizeBytes"] for c in met)
+    student = json.loads((students / "model" / "edgetune-model.json").read_text())
+    # tiny-bert: 2 heads, 128 neurons and a 49 x 64 vocabulary table
+    assert student["structure"] == {"layers": [{"heads": 1, "ffn": 64}], "embeddingRank": 16}
+    assert student["distill"]["student"]["keptLayers"] == [2]
+    manifest = json.loads((students.parents[1] / "exports" / "tiny" / "manifest.json").read_text())
+    teacher_header = students.parents[1] / "model" / "edgetune-model.json"
+    assert manifest["distill"]["teacher"]["headerSha256"] == sha256(teacher_header)
+    assert [c["name"] for c in manifest["candidates"]] == names
+
+    again, _ = edgetune_run(str(job_file), "--json", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    third = summary_of(again)
+    assert third["distillations"][0]["alreadyFinished"] is True
+    assert third["exports"][0]["reused"] is True and third["exports"][0]["candidate"] == export["candidate"]

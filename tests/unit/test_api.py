@@ -169,6 +169,97 @@ def test_cross_section_problems_are_all_reported() -> None:
     assert set(messages(document)) == {"spec.training.precision", "spec.export[1].name"}
 
 
+def with_distill(task: str = "text-classification", **target: object) -> dict:
+    document = minimal_job()
+    if task == "image-classification":
+        document["spec"]["model"] = {"source": "torchvision://resnet18", "task": task, "numLabels": 10}
+    document["spec"]["export"] = [{"name": "edge", "quantize": "int8", **target}]
+    return document
+
+
+def test_a_distill_target_is_valid_and_keeps_its_defaults() -> None:
+    job = parse_job(with_distill(distill={"student": {"layers": 2}, "prune": {"heads": 0.5}}))
+    distill = job.spec.export[0].distill
+    assert distill is not None and distill.student.layers == 2 and distill.prune is not None
+    assert (distill.temperature, distill.soft_target_weight, distill.epochs) == (2.0, 0.7, 3)
+    named = parse_job(with_distill("image-classification", distill={"student": {"source": "torchvision://resnet18"}}))
+    assert named.spec.export[0].distill is not None
+
+
+@pytest.mark.parametrize(
+    ("document", "path", "words"),
+    [
+        (with_distill(distill={}), "spec.export[0].distill.student", "names no smaller model"),
+        (with_distill(distill={"prune": {}}), "spec.export[0].distill.prune.heads", "removes nothing"),
+        (
+            with_distill(distill={"student": {"layers": 2, "source": "hf://prajjwal1/bert-tiny"}}),
+            "spec.export[0].distill.student.source",
+            "not both",
+        ),
+        (
+            with_distill(distill={"student": {"source": "hf://x/y"}, "prune": {"ffn": 0.5}}),
+            "spec.export[0].distill.prune",
+            "not to a named student",
+        ),
+        (with_distill(distill={"student": {"layers": 0}}), "spec.export[0].distill.student.layers", ""),
+        (
+            with_distill(distill={"student": {"layers": 1}, "temperature": 0.1}),
+            "spec.export[0].distill.temperature",
+            "",
+        ),
+        (
+            with_distill(distill={"student": {"layers": 1}, "epochs": 0}),
+            "spec.export[0].distill.epochs",
+            "set maxSteps",
+        ),
+        (
+            with_distill(format="torchscript", quantize="none", distill={"student": {"layers": 1}}),
+            "spec.export[0].distill",
+            "needs format: onnx",
+        ),
+        (
+            with_distill("image-classification", distill={"student": {"layers": 2}}),
+            "spec.export[0].distill.student.layers",
+            "name a smaller model in student.source",
+        ),
+        (
+            with_distill(distill={"student": {"hiddenSize": 64, "embeddingRank": 16}}),
+            "spec.export[0].distill.student.embeddingRank",
+            "hiddenSize student",
+        ),
+        (
+            with_distill(distill={"student": {"source": "hf://x/y"}, "hiddenWeight": 1.0}),
+            "spec.export[0].distill.hiddenWeight",
+            "a cut of the teacher",
+        ),
+        (
+            with_distill("image-classification", distill={"student": {"source": "torchvision://x"}, "augment": {}}),
+            "spec.export[0].distill.augment",
+            "text models only",
+        ),
+        (
+            with_distill(distill={"student": {"layers": 1}, "augment": {"probability": 0.0}}),
+            "spec.export[0].distill.augment.probability",
+            "",
+        ),
+        (
+            with_distill("image-classification", distill={"student": {"embeddingRank": 16}}),
+            "spec.export[0].distill.student.embeddingRank",
+            "name a smaller model in student.source",
+        ),
+        (
+            with_distill("image-classification", distill={"student": {"source": "hf://x/y"}}),
+            "spec.export[0].distill.student.source",
+            "is a text model",
+        ),
+    ],
+)
+def test_a_distill_section_that_cannot_work_is_refused_with_its_reason(document: dict, path: str, words: str) -> None:
+    found = messages(document)
+    assert path in found, found
+    assert words in found[path]
+
+
 @pytest.mark.parametrize(
     ("document", "path"),
     [

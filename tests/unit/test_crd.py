@@ -107,6 +107,16 @@ def test_optional_sections_default_to_empty_objects() -> None:
     assert "default" not in spec["model"]
 
 
+def test_sections_whose_presence_is_the_request_stay_absent_when_omitted() -> None:
+    """A `distill: {}` filled in by the API server would ask every export for a student (and an empty
+    `prune` fails validation): sections whose model default is None get no default."""
+    target = schema()["properties"]["spec"]["properties"]["export"]["items"]["properties"]
+    distill = target["distill"]
+    assert "default" not in distill
+    assert "default" not in distill["properties"]["prune"] and "default" not in distill["properties"]["augment"]
+    assert distill["properties"]["student"]["default"] == {}  # a default_factory section: filled as before
+
+
 def test_status_has_no_defaults_and_keyed_lists() -> None:
     status = schema()["properties"]["status"]
     assert not [p for p, n in walk(status) if "default" in n]

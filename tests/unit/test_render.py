@@ -72,6 +72,22 @@ def test_rayjob_fields() -> None:
     assert head["volumes"][0]["configMap"]["name"] == "bert-imdb-a2-config"
 
 
+def test_distillation_rayjob_mounts_the_trained_attempts_config_and_reports_no_progress() -> None:
+    rayjob = render_rayjob(REF, bert_spec(), 1, OperatorDefaults(), distill_of=3)
+    meta, body = rayjob["metadata"], rayjob["spec"]
+    assert meta["name"] == "bert-imdb-d1" and meta["labels"]["edgetune.dev/stage"] == "distill"
+    assert shlex.split(body["entrypoint"])[:2] == ["edgetune-train", "--distill-all"]
+    head = body["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert head["volumes"][0]["configMap"]["name"] == "bert-imdb-a3-config"
+    assert "EDGETUNE_STATUS_TARGET" not in {e["name"] for e in head["containers"][0]["env"]}
+    worker = body["rayClusterSpec"]["workerGroupSpecs"][0]["template"]
+    # The job's NetworkPolicies select its pods by job and component: the distillation's pods are covered.
+    assert worker["metadata"]["labels"]["edgetune.dev/component"] == "trainer"
+    assert worker["metadata"]["labels"]["edgetune.dev/stage"] == "distill"
+    training = render_rayjob(REF, bert_spec(), 1, OperatorDefaults())
+    assert "edgetune.dev/stage" not in training["metadata"]["labels"]
+
+
 def test_user_strings_never_reach_the_entrypoint() -> None:
     """The spec reaches the trainer as a file; the entrypoint holds only fixed strings."""
     document = yaml.safe_load((ROOT / "examples" / "bert-imdb.yaml").read_text())

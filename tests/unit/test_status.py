@@ -307,3 +307,79 @@ def test_status_patch_carries_only_the_operators_fields() -> None:
         "conditions": [],
         "exports": [],
     }
+
+
+# --- distillation: a RayJob of its own between training and the exports -------------------------------
+
+
+def distill_spec(**run_policy: object) -> FineTuneJobSpec:
+    document = yaml.safe_load((ROOT / "examples" / "bert-imdb.yaml").read_text())
+    document["spec"]["runPolicy"] = {"backoffLimit": 1, **run_policy}
+    document["spec"]["export"][0]["distill"] = {"student": {"layers": 2}}
+    return parse_job(document).spec
+
+
+def distill_rayjob(attempt: int, deployment: str = "", job: str = "", reason: str = "") -> RayJobView:
+    labels = {"edgetune.dev/attempt": str(attempt), "edgetune.dev/stage": "distill"}
+    return RayJobView.from_object(
+        {
+            "metadata": {"name": f"bert-imdb-d{attempt}", "labels": labels},
+            "spec": {},
+            "status": {"jobDeploymentStatus": deployment, "jobStatus": job, "reason": reason},
+        }
+    )
+
+
+def test_training_success_with_a_distill_target_launches_the_distillation_before_any_export() -> None:
+    trained = rayjob(2, "Complete", "SUCCEEDED")
+    decision = run([rayjob(1, "Failed", "FAILED", reason="AppFailed"), trained], job_spec=distill_spec())
+    assert (decision.create_distill_attempt, decision.distill_config_attempt) == (1, 2)
+    assert decision.create_exports == [] and decision.create_attempt is None
+    assert decision.status.phase == "Distilling" and condition(decision, "Distilled") == ("False", "Launched")
+    assert decision.status.attempt == 2  # the training attempt stays the job's attempt
+    assert any(e.reason == "DistillationLaunched" for e in decision.events)
+
+
+def test_a_running_distillation_holds_the_exports_and_its_success_releases_them() -> None:
+    trained = rayjob(1, "Complete", "SUCCEEDED")
+    running = run([trained, distill_rayjob(1, "Running", "RUNNING")], job_spec=distill_spec())
+    assert running.status.phase == "Distilling" and running.create_exports == []
+    assert running.create_distill_attempt is None  # idempotent: it exists
+    done = run([trained, distill_rayjob(1, "Complete", "SUCCEEDED")], status=running.status, job_spec=distill_spec())
+    assert done.create_exports == ["edge-int8"] and done.export_attempt == 1
+    assert done.status.phase == "Exporting" and condition(done, "Distilled") == ("True", "Distilled")
+
+
+def test_a_failed_distillation_is_retried_within_the_backoff_limit_then_fails_the_job() -> None:
+    trained = rayjob(1, "Complete", "SUCCEEDED")
+    first = distill_rayjob(1, "Complete", "FAILED", reason="AppFailed")
+    retried = run([trained, first], job_spec=distill_spec())
+    assert retried.create_distill_attempt == 2 and retried.create_attempt is None
+    assert any(e.reason == "DistillationAttemptFailed" for e in retried.events)
+    second = distill_rayjob(2, "Complete", "FAILED", reason="AppFailed")
+    failed = run([trained, first, second], status=retried.status, job_spec=distill_spec())
+    assert failed.status.phase == "Failed" and failed.create_distill_attempt is None
+    assert condition(failed, "Failed") == ("True", "DistillationFailed")
+    message = next(c.message for c in failed.status.conditions if c.type == "Failed")
+    assert "distillation attempt 2 of 2 (bert-imdb-d2) failed" in message
+
+
+def test_export_status_carries_the_candidates() -> None:
+    trained = rayjob(1, "Complete", "SUCCEEDED")
+    candidates = [
+        {"name": "teacher-int8", "phase": "Succeeded", "sizeBytes": 110, "accuracy": 0.9, "accuracyDrop": 0.0},
+        {"name": "student-int8", "phase": "Succeeded", "sizeBytes": 40, "accuracy": 0.89, "accuracyDrop": 1.0},
+    ]
+    report = {"name": "edge-int8", "phase": "Succeeded", "sizeBytes": 40, "candidate": "student-int8"}
+    report["candidates"] = candidates
+    finished = run(
+        [trained, distill_rayjob(1, "Complete", "SUCCEEDED")],
+        job_spec=distill_spec(),
+        exports=[export_job(complete=True, report=report)],
+    )
+    entry = finished.status.exports[0]
+    assert entry.candidate == "student-int8"
+    assert [(c.name, c.size_bytes, c.accuracy_drop) for c in entry.candidates or []] == [
+        ("teacher-int8", 110, 0.0),
+        ("student-int8", 40, 1.0),
+    ]

@@ -291,6 +291,137 @@ class ExportResources(ApiModel):
     memory: Quantity = Field(default="2Gi", description="Memory for the export pod")
 
 
+class StudentSpec(ApiModel):
+    """The smaller model a distillation trains: a cut of the teacher, or a named model."""
+
+    layers: int | None = Field(
+        default=None,
+        ge=1,
+        le=96,
+        description=(
+            "Keep this many of the teacher's transformer layers (evenly spaced, weights copied); text models only"
+        ),
+    )
+    hidden_size: int | None = Field(
+        default=None,
+        ge=16,
+        le=8192,
+        description=(
+            "A narrower student of the teacher's architecture, trained from random weights (the teacher's weights "
+            "do not fit it); text models only"
+        ),
+    )
+    embedding_rank: int | None = Field(
+        default=None,
+        ge=4,
+        le=4096,
+        description=(
+            "Store the word embeddings as two factors of this rank (the truncated SVD of the teacher's table): "
+            "for small students whose size is mostly the vocabulary; text models only"
+        ),
+    )
+    source: ModelSource | None = Field(
+        default=None,
+        description="A named smaller model (hf://, torchvision://, s3:// or a path) with a new head, instead of a cut",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StudentSpec:
+        problems: list[tuple[Loc, str]] = []
+        if self.source is not None and (self.layers, self.hidden_size, self.embedding_rank) != (None, None, None):
+            message = "name a student source or a cut of the teacher (layers, hiddenSize, embeddingRank), not both"
+            problems.append((("source",), message))
+        if self.embedding_rank is not None and self.hidden_size is not None:
+            problems.append(
+                (("embeddingRank",), "factorizes the teacher's embeddings, which a hiddenSize student lacks")
+            )
+        raise_problems(problems)
+        return self
+
+
+class PruneSpec(ApiModel):
+    """Structured pruning: whole attention heads and feed-forward neurons removed, by importance."""
+
+    heads: float = Field(
+        default=0.0, ge=0.0, le=0.9, description="Share of attention heads removed in every layer (0 to 0.9)"
+    )
+    ffn: float = Field(
+        default=0.0, ge=0.0, le=0.9, description="Share of feed-forward neurons removed in every layer (0 to 0.9)"
+    )
+
+    @model_validator(mode="after")
+    def _prunes_something(self) -> PruneSpec:
+        if self.heads == 0.0 and self.ffn == 0.0:
+            raise_problems([(("heads",), "prune removes nothing: set heads or ffn above 0")])
+        return self
+
+
+class AugmentSpec(ApiModel):
+    """A swapped copy of every training batch for the teacher to label: words replaced by their nearest
+    neighbours in the teacher's vocabulary embedding (text models)."""
+
+    probability: float = Field(default=0.3, ge=0.05, le=1.0, description="Chance that each whole word is swapped")
+    neighbours: int = Field(default=10, ge=1, le=100, description="Candidates per word, nearest by cosine similarity")
+
+
+class DistillSpec(ApiModel):
+    """Knowledge distillation: a student trained on the job's data against the fine-tuned teacher's logits
+    (loss = softTargetWeight * T^2 * KL(teacher/T || student/T) + (1 - softTargetWeight) * cross-entropy)."""
+
+    student: StudentSpec = Field(
+        default_factory=StudentSpec, description="The student (default: the teacher's own shape, for pruning alone)"
+    )
+    prune: PruneSpec | None = Field(
+        default=None, description="Structured pruning of the student before its training (the recovery fine-tune)"
+    )
+    temperature: float = Field(default=2.0, ge=0.5, le=20.0, description="Softmax temperature T of the soft targets")
+    soft_target_weight: float = Field(
+        default=0.7, ge=0.0, le=1.0, description="Weight of the soft-target loss; the rest goes to the labels"
+    )
+    hidden_weight: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=100.0,
+        description=(
+            "Weight of matching each student layer's output to that of the teacher layer it was cut from (mean "
+            "squared error over the tokens); default 1 for cuts of the teacher, 0 for other students"
+        ),
+    )
+    augment: AugmentSpec | None = Field(
+        default=None,
+        description=(
+            "Also distil on a copy of each batch with words swapped for their neighbours (soft targets only): "
+            "the student sees words the training data lacks"
+        ),
+    )
+    epochs: int = Field(default=3, ge=0, le=10_000, description="Passes over the training data (0: stop by maxSteps)")
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000, description="Stop after this many optimizer steps")
+    learning_rate: float = Field(default=1e-4, gt=0.0, le=10.0, description="Peak learning rate of the student")
+
+    @model_validator(mode="after")
+    def _shape(self) -> DistillSpec:
+        problems: list[tuple[Loc, str]] = []
+        if self.epochs == 0 and self.max_steps is None:
+            problems.append((("epochs",), "is 0: set maxSteps"))
+        student = self.student
+        cut = (student.layers, student.hidden_size, student.embedding_rank) != (None, None, None)
+        if student.source is None and not cut and self.prune is None:
+            problems.append(
+                (
+                    ("student",),
+                    "names no smaller model: set student.layers, hiddenSize, embeddingRank or source, or prune",
+                )
+            )
+        if self.hidden_weight and (student.source is not None or student.hidden_size is not None):
+            problems.append(
+                (("hiddenWeight",), "matches layers of a cut of the teacher: a hiddenSize or named student has none")
+            )
+        if student.source is not None and self.prune is not None:
+            problems.append((("prune",), "applies to a cut of the teacher, not to a named student source"))
+        raise_problems(problems)
+        return self
+
+
 class ExportTarget(ApiModel):
     """One edge artifact to build after training."""
 
@@ -307,11 +438,20 @@ class ExportTarget(ApiModel):
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
     backoff_limit: int = Field(default=1, ge=0, le=10, description="Export Job retries (batch/v1 backoffLimit)")
     resources: ExportResources = Field(default_factory=ExportResources)
+    distill: DistillSpec | None = Field(
+        default=None,
+        description=(
+            "Also train a smaller student (and prune it) in a RayJob of its own; the export then tries the teacher, "
+            "the student and the student in int8, and publishes the smallest that meets the budgets"
+        ),
+    )
 
     @model_validator(mode="after")
     def _quantize_needs_onnx(self) -> ExportTarget:
         if self.format == "torchscript" and self.quantize != "none":
             raise_problems([(("quantize",), f"quantize: {self.quantize} needs format: onnx")])
+        if self.format == "torchscript" and self.distill is not None:
+            raise_problems([(("distill",), "needs format: onnx (its candidates include an int8 student)")])
         return self
 
 
@@ -319,10 +459,12 @@ ExportList = Annotated[list[ExportTarget], Field(default_factory=list, max_lengt
 
 
 def cross_section_problems(
-    training: TrainingSpec, gpus_per_worker: int, exports: list[ExportTarget], scaling_path: Loc
+    model: ModelSpec, training: TrainingSpec, gpus_per_worker: int, exports: list[ExportTarget], scaling_path: Loc
 ) -> list[tuple[Loc, str]]:
     """Rules that span sections; shared by the trainer config and the FineTuneJob spec."""
     problems: list[tuple[Loc, str]] = []
+    for index, target in enumerate(exports):
+        problems.extend(distill_problems(model, target.distill, ("export", index, "distill")))
     if training.precision == "fp16" and gpus_per_worker == 0:
         problems.append(
             (
@@ -335,6 +477,39 @@ def cross_section_problems(
         if target.name in seen:
             problems.append((("export", index, "name"), f"duplicate export target name {show_input(target.name)}"))
         seen.add(target.name)
+    return problems
+
+
+def distill_problems(model: ModelSpec, distill: DistillSpec | None, path: Loc) -> list[tuple[Loc, str]]:
+    """A distillation's student must fit the job's task: cuts and pruning work on transformer encoders."""
+    if distill is None:
+        return []
+    problems: list[tuple[Loc, str]] = []
+    text = model.task == "text-classification"
+    student = distill.student
+    if not text:
+        for name, value in (
+            ("layers", student.layers),
+            ("hiddenSize", student.hidden_size),
+            ("embeddingRank", student.embedding_rank),
+        ):
+            if value is not None:
+                problems.append(
+                    (
+                        (*path, "student", name),
+                        "cuts a transformer encoder: for image-classification name a smaller model in student.source "
+                        "(for example torchvision://mobilenet_v3_small)",
+                    )
+                )
+        if distill.prune is not None:
+            problems.append(((*path, "prune"), "prunes attention heads and feed-forward neurons: text models only"))
+        if distill.augment is not None:
+            problems.append(((*path, "augment"), "swaps words: text models only"))
+    source = student.source or ""
+    if source.startswith("torchvision://") and text:
+        problems.append(((*path, "student", "source"), "is an image model, but the job's task is text-classification"))
+    if source.startswith("hf://") and not text:
+        problems.append(((*path, "student", "source"), "is a text model, but the job's task is image-classification"))
     return problems
 
 
@@ -353,7 +528,9 @@ class TrainJobConfig(ApiModel):
 
     @model_validator(mode="after")
     def _cross_section(self) -> TrainJobConfig:
-        raise_problems(cross_section_problems(self.training, self.scaling.gpus_per_worker, self.export, ("scaling",)))
+        raise_problems(
+            cross_section_problems(self.model, self.training, self.scaling.gpus_per_worker, self.export, ("scaling",))
+        )
         if self.storage.uri is None:
             raise_problems([(("storage", "uri"), "is required in a trainer config")])
         return self

@@ -122,7 +122,7 @@ LAUNCH_SECONDS = Metric(
     unit="s",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
-ATTEMPTS = Metric("edgetune_attempts", "counter", "RayJob attempts started", "operator")
+ATTEMPTS = Metric("edgetune_attempts", "counter", "RayJob attempts started (training and distillation)", "operator")
 EXPORTS = Metric("edgetune_exports", "counter", "Export targets finished, by result", "operator", (RESULT,))
 EXPORT_RESULTS = ("succeeded", "failed")  # the values of EXPORTS' `result` label
 

@@ -75,8 +75,8 @@ def load_examples(config: TrainJobConfig, limit: int, base_dir: Path) -> list[tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgetune_trainer.export.pipeline import run_target
     from edgetune_trainer.export.report import ExportOptions
+    from edgetune_trainer.export.target import run_target
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,8 +1,9 @@
 """Edge export: the trained model artifact -> ONNX (or TorchScript) -> int8 / fp16 -> checks -> storage.
 
     export_model(artifact_dir, target, examples, out_dir)   local: build, check, write model + manifest.json
-    run_target(config, target, examples, workdir)           that, then `manifest.publish` to exports/<target>/,
-                                                            for one target of a job (edgetune-export)
+
+target.py runs it for one target of a job and publishes the result (edgetune-export); candidates.py
+runs it for each candidate of a target with a distill section.
 
 The stages live next door: graph.py (ONNX / TorchScript), quantize.py, checks.py (measurements and
 budgets), manifest.py (the manifest and publishing); state.py holds what they share, report.py what
@@ -23,13 +24,13 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgetune_trainer.config import ExportTarget, TrainJobConfig
+from edgetune_trainer.config import ExportTarget
 from edgetune_trainer.export.checks import conclude, measure
 from edgetune_trainer.export.graph import (
     consolidate_external_data,
@@ -50,7 +51,7 @@ from edgetune_trainer.export.inference import (
     parity,
     slice_feeds,
 )
-from edgetune_trainer.export.manifest import build_manifest, publish, write_failure_manifest
+from edgetune_trainer.export.manifest import build_manifest
 from edgetune_trainer.export.quantize import (
     Int8Quantizer,
     QuantizationError,
@@ -65,13 +66,10 @@ from edgetune_trainer.export.report import (
     ExportError,
     ExportOptions,
     ExportReport,
-    failed_report,
 )
 from edgetune_trainer.export.state import BuiltModel, ExportRun
-from edgetune_trainer.model.artifact import ArtifactError, Preprocessing
+from edgetune_trainer.model.artifact import Preprocessing
 from edgetune_trainer.model.loading import load_artifact
-from edgetune_trainer.storage.job import JobStorage
-from edgetune_trainer.storage.retry import StorageError
 
 
 def export_model(
@@ -83,10 +81,13 @@ def export_model(
     options: ExportOptions | None = None,
     source_uri: str | None = None,
     uri: str | None = None,
+    reference_accuracy: float | None = None,
 ) -> ExportReport:
     """Build the export of `target` from the artifact at `artifact_dir` into `out_dir` (model files,
     tokenizer for text models, manifest.json) and return the report. Budget misses and unfaithful graphs
-    give a Failed report; a corrupt artifact raises ArtifactError, unusable input ExportError."""
+    give a Failed report; a corrupt artifact raises ArtifactError, unusable input ExportError. The accuracy
+    drop is measured from `reference_accuracy` when given (a student's, from its teacher's), else from the
+    artifact's own torch accuracy."""
     options = options or ExportOptions()
     if not examples:
         raise ExportError("no eval examples: the exporter needs some to check parity, accuracy and latency")
@@ -96,6 +97,7 @@ def export_model(
     loaded, header = load_artifact(artifact_dir)
     with tempfile.TemporaryDirectory(prefix="edgetune-export-") as scratch:
         run = _prepare(loaded, header, target, examples, options, Path(scratch))
+        run.reference_accuracy = reference_accuracy
         report = ExportReport(
             name=target.name,
             phase="Succeeded",
@@ -104,6 +106,7 @@ def export_model(
             format=target.format,
             quantize=target.quantize,
             torch_accuracy=run.torch_accuracy,
+            reference_accuracy=reference_accuracy,
             eval_samples=len(run.labels),
         )
         built, model_files = _build(run, report, out_dir)
@@ -268,34 +271,3 @@ def _calibration_count(run: ExportRun) -> int:
 def _calibration_feeds(run: ExportRun, batch: int = 8) -> list[Feeds]:
     count = _calibration_count(run)
     return [slice_feeds(run.feeds, start, min(start + batch, count)) for start in range(0, count, batch)]
-
-
-def run_target(
-    config: TrainJobConfig,
-    target: ExportTarget,
-    examples: Sequence[tuple[Any, int]] | Callable[[], Sequence[tuple[Any, int]]],
-    workdir: Path,
-    *,
-    artifact_dir: Path | None = None,
-    options: ExportOptions | None = None,
-) -> ExportReport:
-    """Export one target of a job: fetch the final artifact (storage key `model`, unless a local
-    `artifact_dir` is given), build and check, publish to `exports/<target>/`. `examples` may be a
-    function that loads them, so that a data error too ends as a published Failed report. Returns the
-    report; failures of the model or the data become a Failed report (also published); an unreachable
-    storage raises StorageError."""
-    storage = JobStorage(config.storage, config.namespace, config.name)
-    key = f"exports/{target.name}"
-    uri = storage.uri(key)
-    source_uri = str(artifact_dir) if artifact_dir else storage.uri("model")
-    out_dir = workdir / "export"
-    try:
-        if artifact_dir is None:
-            artifact_dir = storage.download_dir("model", workdir / "model")
-        items = examples() if callable(examples) else examples
-        report = export_model(artifact_dir, target, items, out_dir, options=options, source_uri=source_uri, uri=uri)
-    except (ArtifactError, ExportError, QuantizationError, StorageError) as err:
-        report = failed_report(target, f"{type(err).__name__}: {err}", uri)
-        write_failure_manifest(out_dir, report, source_uri)
-    publish(out_dir, storage, key, report)
-    return report

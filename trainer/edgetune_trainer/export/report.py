@@ -99,12 +99,15 @@ class ExportReport:
     latency_ms: LatencyStats | None = None
     accuracy_drop: float | None = None  # percentage points, torch minus exported
     torch_accuracy: float | None = None
+    reference_accuracy: float | None = None  # a distillation's teacher's torch accuracy, the drop's reference
     exported_accuracy: float | None = None
     eval_samples: int = 0
     parity: ParityStats | None = None  # the published artifact vs torch
     graph_parity: ParityStats | None = None  # the fp32 graph vs torch, before quantization
     kept_fp32_layers: list[str] = field(default_factory=list)
     budgets: list[BudgetCheck] = field(default_factory=list)
+    candidate: str | None = None  # a target with distill: the candidate chosen (teacher-int8, student-int8, ...)
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every candidate tried, with its figures
 
     @property
     def size_ratio(self) -> float | None:
@@ -130,6 +133,10 @@ class ExportReport:
         missed = [check.budget for check in self.budgets if not check.passed]
         if missed:
             status["missedBudgets"] = missed
+        if self.candidate:
+            status["candidate"] = self.candidate
+        if self.candidates:
+            status["candidates"] = [candidate_status(entry) for entry in self.candidates]
         return status
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +155,7 @@ class ExportReport:
             "accuracyDrop": None if self.accuracy_drop is None else round(self.accuracy_drop, 4),
             "accuracy": {
                 "torch": self.torch_accuracy,
+                **({"reference": self.reference_accuracy} if self.reference_accuracy is not None else {}),
                 "exported": self.exported_accuracy,
                 "samples": self.eval_samples,
             },
@@ -155,7 +163,14 @@ class ExportReport:
             "graphParity": self.graph_parity.to_dict() if self.graph_parity else None,
             "keptFp32Layers": list(self.kept_fp32_layers),
             "budgets": [check.to_dict() for check in self.budgets],
+            **({"candidate": self.candidate, "candidates": self.candidates} if self.candidates else {}),
         }
+
+
+def candidate_status(entry: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's line in status.exports[].candidates: what `kubectl get -o yaml` needs to compare them."""
+    keys = ("name", "phase", "sizeBytes", "latencyMs", "accuracy", "accuracyDrop")
+    return {key: entry[key] for key in keys if entry.get(key) is not None}
 
 
 def failed_report(target: ExportTarget, message: str, uri: str | None) -> ExportReport:

@@ -40,6 +40,8 @@ class ExportRun:
     torch_logits: np.ndarray
     torch_accuracy: float
     work: Path
+    # The accuracy drops are measured from: the torch model's own, or a distillation's teacher's.
+    reference_accuracy: float | None = None
     _logits: dict[str, np.ndarray] = field(default_factory=dict)
 
     def evaluate(self, runner: Any) -> np.ndarray:
@@ -54,7 +56,8 @@ class ExportRun:
         return self._logits[key]
 
     def drop(self, logits: np.ndarray) -> float:
-        return (self.torch_accuracy - accuracy(logits, self.labels)) * 100.0
+        reference = self.torch_accuracy if self.reference_accuracy is None else self.reference_accuracy
+        return (reference - accuracy(logits, self.labels)) * 100.0
 
     @property
     def parity_count(self) -> int:

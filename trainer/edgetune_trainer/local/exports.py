@@ -1,9 +1,11 @@
 """The export targets of a local run, one after the other, with the exporter of `edgetune-export`
-(`export.run_target`: build, check, publish to `exports/<target>/`).
+(`export.target.run_target`: build, check, publish to `exports/<target>/`).
 
 A target is not built again when its published manifest says it succeeded from this very model (the
 sha256 of the model's header, which lists the sha256 of every model file) with the same format,
-quantization, opset and budgets: a second `edgetune run` of a finished job then takes seconds.
+quantization, opset and budgets: a second `edgetune run` of a finished job then takes seconds. A target
+with `distill` is matched on its teacher's header, its student's header and its distill spec, whichever
+candidate it published.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Any
 
 from edgetune_trainer.config import ExportTarget, TrainJobConfig
 from edgetune_trainer.export.cli import load_examples
-from edgetune_trainer.export.pipeline import run_target
 from edgetune_trainer.export.report import MANIFEST
-from edgetune_trainer.model.artifact import ARTIFACT_FILE, MODEL_KEY
+from edgetune_trainer.export.target import run_target
+from edgetune_trainer.model.artifact import ARTIFACT_FILE, MODEL_KEY, student_key
 from edgetune_trainer.storage.job import JobStorage
 
 EVAL_LIMIT = 1000  # eval examples for the export checks, as edgetune-export's default
@@ -43,6 +45,11 @@ def export_entry(record: dict[str, Any], reused: bool) -> dict[str, Any]:
         "budgets": checks,
         "budgetsMet": record["phase"] == "Succeeded" and all(check["passed"] for check in checks),
         "reused": reused,
+        **(
+            {"candidate": record.get("candidate"), "candidates": record["candidates"]}
+            if record.get("candidates")
+            else {}
+        ),
     }
 
 
@@ -53,6 +60,19 @@ def published_export(storage: JobStorage, target: ExportTarget, model_sha256: st
         return None
     manifest = json.loads(storage.read_bytes(key))
     budgets = target.budgets.model_dump(by_alias=True, exclude_none=True)
+    if target.distill is not None:  # published from one of its candidates: match teacher, student and spec
+        distill = manifest.get("distill") or {}
+        student_header = f"{student_key(target.name)}/{MODEL_KEY}/{ARTIFACT_FILE}"
+        student_sha256 = hashlib.sha256(storage.read_bytes(student_header)).hexdigest()
+        same = (
+            manifest.get("phase") == "Succeeded"
+            and (distill.get("teacher") or {}).get("headerSha256") == model_sha256
+            and distill.get("studentHeaderSha256") == student_sha256
+            and distill.get("spec") == target.distill.to_dict()
+            and manifest.get("opset") == target.opset
+            and {check["budget"]: check["limit"] for check in manifest.get("budgets") or []} == budgets
+        )
+        return manifest if same else None
     same = (
         manifest.get("phase") == "Succeeded"
         and (manifest.get("source") or {}).get("headerSha256") == model_sha256

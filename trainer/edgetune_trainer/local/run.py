@@ -41,9 +41,11 @@ from edgetune_trainer.local.history import RunHistory
 from edgetune_trainer.local.plot import render_curves
 from edgetune_trainer.local.storage_choice import LocalStorage
 from edgetune_trainer.local.summary import RunSummary
+from edgetune_trainer.model.artifact import student_key
 from edgetune_trainer.storage.job import JobStorage
 from edgetune_trainer.storage.retry import RetryPolicy, StorageError
 from edgetune_trainer.training.checkpoint import CHECKPOINTS_KEY, newest_complete
+from edgetune_trainer.training.distill import launch_distillation, prepare_distillation
 from edgetune_trainer.training.metrics import PORT_ENV
 from edgetune_trainer.training.progress import ProgressEvent
 from edgetune_trainer.training.startup import describe, phase_seconds
@@ -193,6 +195,7 @@ class LocalRun:
         self.summary = RunSummary(job=f"{config.namespace}/{config.name}", storage=storage)
         self._thread: threading.Thread | None = None
         self._startup_marks: dict[str, float] = {}  # the driver's side of the start-up timeline
+        self._distilling: str | None = None  # the export target whose student is training now
 
     def _checkpoint_uri(self, name: str) -> str:
         return self.storage.uri(f"{CHECKPOINTS_KEY}/{name}")
@@ -232,29 +235,77 @@ class LocalRun:
             self._startup_marks["ray_ready"] = time.time()
             result = self._train(prepared)
         self.summary.result = result
+        self._distill(ray_init)
         self._export()
         self.summary.conclude()
 
     def _train(self, prepared: PreparedRun) -> TrainResult:
+        started = time.monotonic()
+        try:
+            return self._in_thread(lambda: launch_training(prepared, sinks=[self._record, self.display]))
+        finally:
+            self.summary.train_seconds = time.monotonic() - started
+
+    def _in_thread(self, work: Callable[[], TrainResult]) -> TrainResult:
+        """Run `work` off the main thread, which keeps taking Ctrl-C between short waits."""
         outcome: dict[str, Any] = {}
 
-        def train() -> None:
+        def run() -> None:
             try:
-                outcome["result"] = launch_training(prepared, sinks=[self._record, self.display])
+                outcome["result"] = work()
             except BaseException as err:  # handed to the main thread, which decides what it means
                 outcome["error"] = err
 
-        started = time.monotonic()
-        self._thread = threading.Thread(target=train, name="edgetune-train", daemon=True)
+        self._thread = threading.Thread(target=run, name="edgetune-train", daemon=True)
         self._thread.start()
-        try:
-            while self._thread.is_alive():
-                self._thread.join(0.25)  # short waits: a Ctrl-C is delivered between them
-        finally:
-            self.summary.train_seconds = time.monotonic() - started
+        while self._thread.is_alive():
+            self._thread.join(0.25)
         if "error" in outcome:
             raise outcome["error"]
         return outcome["result"]
+
+    def _distill(self, ray_init: dict[str, Any]) -> None:
+        """The students of the export targets with a distill section, each a Ray Train run of its own,
+        resumed from its checkpoints like the job's training; a finished one is not trained again."""
+        for target in self.config.export:
+            if target.distill is None:
+                continue
+            started = time.monotonic()
+            prepared, identity = prepare_distillation(
+                self.config, target.name, base_dir=self.options.base_dir, fresh=self.options.fresh, retry=QUICK_RETRY
+            )
+            if prepared.finished is not None:
+                self.display.note(f"student of {target.name} already distilled: {prepared.finished.model_uri}")
+                result = prepared.finished
+            else:
+                self.display.note(
+                    f"distilling a student for {target.name}: {prepared.plan.total_steps} steps "
+                    f"against the trained model (students/{target.name}/)"
+                )
+                if not ray.is_initialized():
+                    apply_ray_settings()
+                    ray.init(**ray_init)
+                sink = self._distill_progress(target.name)
+                self._distilling = target.name
+                result = self._in_thread(
+                    lambda p=prepared, i=identity, t=target.name, s=sink: launch_distillation(p, i, t, sinks=[s])
+                )
+                self._distilling = None
+            self.summary.distillations.append(
+                {"target": target.name, **result.summary(), "seconds": round(time.monotonic() - started, 2)}
+            )
+
+    def _distill_progress(self, target: str) -> Callable[[ProgressEvent], None]:
+        def note(event: ProgressEvent) -> None:
+            if event.kind in ("progress", "eval", "final"):
+                accuracy = "" if event.eval_accuracy is None else f", eval accuracy {event.eval_accuracy:.4f}"
+                loss = "" if event.loss is None else f", loss {event.loss:.4f}"
+                self.display.note(f"distill {target}: step {event.step}/{event.total_steps}{loss}{accuracy}")
+            if event.kind == "checkpoint":  # mirrored first, then said, as the training's checkpoints are
+                self.local.sync()
+                self.display.note(f"distill {target}: checkpoint at step {event.step}")
+
+        return note
 
     def _record(self, event: ProgressEvent) -> None:
         """A progress sink: keep the history; after each checkpoint, save it and mirror the storage, so a
@@ -313,6 +364,12 @@ class LocalRun:
         return str(path)
 
     def _interrupted_message(self) -> str:
+        if self._distilling is not None:
+            return (
+                f"interrupted while distilling the student of {self._distilling}: training is finished; run the "
+                "same command again to resume the student from its last checkpoint "
+                f"({self.storage.uri(student_key(self._distilling))}/{CHECKPOINTS_KEY}/)"
+            )
         if self.summary.result is not None:
             return "interrupted during the exports: training is finished; the next run exports again"
         progress = self.history.events("progress")

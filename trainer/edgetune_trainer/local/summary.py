@@ -27,6 +27,7 @@ class RunSummary:
     history: RunHistory = field(default_factory=RunHistory)
     checkpoints_written: int = 0
     exports: list[dict[str, Any]] = field(default_factory=list)
+    distillations: list[dict[str, Any]] = field(default_factory=list)  # one per export target with distill
     curves: str | None = None
     wall_seconds: float = 0.0
     train_seconds: float = 0.0
@@ -69,6 +70,7 @@ class RunSummary:
             "trainSeconds": round(self.train_seconds, 2),
             "exportSeconds": round(self.export_seconds, 2),
             "startupSeconds": self.startup_seconds,
+            "distillations": self.distillations,
             "exports": self.exports,
             "storage": self.storage,
             "curves": self.curves,

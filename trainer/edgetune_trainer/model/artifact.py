@@ -20,6 +20,14 @@ from typing import Any
 
 MODEL_KEY = "model"
 
+STUDENTS_KEY = "students"  # students/<target>/: a distillation's checkpoints and model, as the job's own
+
+
+def student_key(target: str) -> str:
+    """Where the student of export target `target` keeps its run (checkpoints/, model/)."""
+    return f"{STUDENTS_KEY}/{target}"
+
+
 FORMAT_VERSION = 1
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]

@@ -24,6 +24,7 @@ from edgetune_trainer.model import hf_cache as hub_cache
 from edgetune_trainer.model.artifact import (
     ARTIFACT_FILE,
     FORMAT_VERSION,
+    ArtifactError,
     Preprocessing,
     sha256_file,
     verify_artifact,
@@ -287,6 +288,8 @@ def load_artifact_model(
     """The artifact's model with a head for `labels` (the artifact's own head when the count matches);
     `pretrained=False`: its architecture with random weights."""
     header = header or verify_artifact(folder)
+    if header["family"] == "hf" and header.get("structure") and pretrained:
+        return _load_restructured(folder, header)
     if header["family"] == "hf":
         return load_hf(str(folder), None, labels, origin=str(folder), pretrained=pretrained)
     from safetensors.torch import load_file
@@ -299,3 +302,22 @@ def load_artifact_model(
         old = model.get_submodule(head_name)
         set_submodule(model, head_name, nn.Linear(old.in_features, len(labels)))
     return loaded
+
+
+def _load_restructured(folder: Path, header: dict[str, Any]) -> LoadedModel:
+    """A pruned or factorized transformers model, whose config no longer gives its shapes: built from the
+    config, reshaped to the header's `structure` (model/structure.py), then loaded strictly (a shape or
+    name that does not match raises, where from_pretrained would re-initialise it)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from edgetune_trainer.model.structure import apply_structure  # structure.py imports this module
+
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(folder))
+    apply_structure(model, header["structure"])
+    try:
+        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    except RuntimeError as err:
+        raise ArtifactError(f"pruned model at {folder} does not match its recorded structure: {err}") from err
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return LoadedModel(model, "hf", header["architecture"], list(header["head"]), tokenizer)

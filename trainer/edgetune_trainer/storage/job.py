@@ -20,6 +20,7 @@ Layout under the storage uri (`s3://BUCKET/PREFIX`):
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -79,6 +80,13 @@ class JobStorage:
 
     def uri(self, key: str = "") -> str:
         return f"{self.scheme}{self.path(key)}"
+
+    def within(self, key: str) -> JobStorage:
+        """This storage addressed from `key` down: a student's run keeps checkpoints/ and model/ there,
+        exactly as the job keeps its own at the root."""
+        scoped = copy.copy(self)
+        scoped.root = self.path(key)
+        return scoped
 
     @property
     def where(self) -> str:

@@ -1,5 +1,8 @@
 """`edgetune-train --config FILE|-`: the RayJob entrypoint, also usable by hand.
 
+With `--distill TARGET` (repeatable) or `--distill-all` it trains the students of those export targets
+instead (training/distill.py), one after the other: the entrypoint of the distillation RayJob.
+
 The config is the trainer's own file (`TrainJobConfig`), as the operator renders it into a ConfigMap.
 Exit codes: 0 trained (or already finished), 2 invalid config, 1 training failed; errors are one
 clear message, never a traceback.
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from edgetune_trainer.config import load_train_config
+from edgetune_trainer.config import TrainJobConfig, load_train_config
 from edgetune_trainer.problems import ConfigError
 
 
@@ -31,6 +34,16 @@ def train_main(argv: list[str] | None = None) -> int:
         "--one-worker-per-node",
         action="store_true",
         help="place each training worker on a Ray node of its own (a KubeRay worker pod sized for one)",
+    )
+    parser.add_argument(
+        "--distill",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="distil the student of this export target (repeatable) instead of training",
+    )
+    parser.add_argument(
+        "--distill-all", action="store_true", help="distil the student of every export target with a distill section"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -49,6 +62,9 @@ def train_main(argv: list[str] | None = None) -> int:
     storage = JobStorage(config.storage, config.namespace, config.name)
     reporter = StatusReporter.from_environment(lambda name: storage.uri(f"{CHECKPOINTS_KEY}/{name}"))
     base_dir = None if args.config == "-" else Path(args.config).resolve().parent
+    if args.distill_all or args.distill:
+        targets = [t.name for t in config.export if t.distill is not None] if args.distill_all else args.distill
+        return _distill(config, targets, base_dir, args)
     try:
         result = run_training(
             config,
@@ -63,6 +79,29 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"edgetune-train: {err}", file=sys.stderr)
         return 1
     print(json.dumps(result.summary()))
+    return 0
+
+
+def _distill(config: TrainJobConfig, targets: list[str], base_dir: Path | None, args: argparse.Namespace) -> int:
+    from edgetune_trainer.training.distill import run_distillation
+
+    results = {}
+    for target in targets:
+        try:
+            result = run_distillation(
+                config,
+                target,
+                base_dir=base_dir,
+                fresh=args.fresh,
+                max_failures=args.max_failures,
+                ray_init={"address": args.address} if args.address else None,
+                one_worker_per_node=args.one_worker_per_node,
+            )
+        except Exception as err:  # one readable line for the RayJob's status
+            print(f"edgetune-train: {err}", file=sys.stderr)
+            return 1
+        results[target] = result.summary()
+    print(json.dumps({"distilled": results}))
     return 0
 
 

@@ -85,12 +85,11 @@ class Worker:
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.storage = JobStorage(self.config.storage, self.config.namespace, self.config.name)
+        self.storage = self.run_storage(loop_config)
         training = self.config.training
 
         torch.manual_seed(training.seed)  # the same new head on every rank
-        self.loaded = load_job_model(self.config, self.base_dir)
-        apply_freeze(self.loaded, self.config.model.freeze)
+        self.loaded = self.load_model()
         self.startup.mark("model_loaded")
         split = split_examples(self.config, self.base_dir)
         self.train_set = encode(
@@ -121,9 +120,32 @@ class Worker:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=training.precision == "fp16")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(training.precision)
         self.state = TrainState()
-        self.metrics = TrainMetrics(self.config.namespace, self.config.name) if self.rank == 0 else None
+        self.metrics = TrainMetrics(self.config.namespace, self.metrics_job()) if self.rank == 0 else None
         if self.metrics:
             self.metrics.serve()
+
+    # --- what a distillation changes (training/distill.py) ---------------------------------------
+
+    def run_storage(self, loop_config: dict[str, Any]) -> JobStorage:
+        """Where this run keeps its checkpoints and model: the job's own storage area."""
+        return JobStorage(self.config.storage, self.config.namespace, self.config.name)
+
+    def metrics_job(self) -> str:
+        """The `job` label of this run's training metrics."""
+        return self.config.name
+
+    def load_model(self) -> LoadedModel:
+        loaded = load_job_model(self.config, self.base_dir)
+        apply_freeze(loaded, self.config.model.freeze)
+        return loaded
+
+    def batch_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = forward(self.model, batch, self.loaded.family)
+        return nn.functional.cross_entropy(logits.float(), batch["labels"])
+
+    def artifact_extra(self) -> dict[str, Any]:
+        """What the model artifact's header records beyond the model: how it was made."""
+        return {"source": self.config.model.source, "steps": self.state.step, "eval": self.state.last_eval}
 
     # --- resume ---------------------------------------------------------------------------------
 
@@ -283,8 +305,7 @@ class Worker:
                     dtype=self.autocast_dtype or torch.float32,
                     enabled=self.autocast_dtype is not None,
                 ):
-                    logits = forward(self.model, batch, self.loaded.family)
-                    loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
+                    loss = self.batch_loss(batch)
                 self.scaler.scale(loss / accumulation).backward()
             state.batch_in_epoch += 1
             state.interval_loss.append(float(loss.detach()))
@@ -353,7 +374,7 @@ class Worker:
                 task=self.config.model.task,
                 labels=labels,
                 preprocessing=preprocessing_for(self.config),
-                extra={"source": self.config.model.source, "steps": self.state.step, "eval": self.state.last_eval},
+                extra=self.artifact_extra(),
             )
             self.storage.delete_dir(MODEL_KEY)
             self.storage.upload_dir(Path(folder), MODEL_KEY, last=("edgetune-model.json",))
@@ -361,9 +382,13 @@ class Worker:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    run_worker(Worker, loop_config)
+
+
+def run_worker(worker_type: type[Worker], loop_config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # Ray logs every report at INFO
-    worker = Worker(loop_config)
+    worker = worker_type(loop_config)
     try:
         worker.train()
     except torch.OutOfMemoryError as err:

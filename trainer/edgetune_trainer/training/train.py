@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from ray.train.torch import TorchTrainer
 
 from edgetune_trainer.config import TrainJobConfig
 from edgetune_trainer.data import locate, shard, split_examples
-from edgetune_trainer.model.artifact import ARTIFACT_FILE, MODEL_KEY
+from edgetune_trainer.model.artifact import ARTIFACT_FILE, MODEL_KEY, STUDENTS_KEY
 from edgetune_trainer.model.loading import ModelLoadError
 from edgetune_trainer.storage.job import JobStorage
 from edgetune_trainer.storage.retry import RetryPolicy
@@ -92,15 +92,20 @@ def preflight(config: TrainJobConfig, base_dir: Path | None) -> Plan:
     return plan
 
 
-def finished_run(config: TrainJobConfig, storage: JobStorage, plan: Plan) -> TrainResult | None:
+def finished_run(
+    config: TrainJobConfig, storage: JobStorage, plan: Plan, distilled: Mapping[str, Any] | None = None
+) -> TrainResult | None:
     """The result of a run that already completed, or None. Rank 0 writes the model artifact only after
     the last step, and its header records the steps trained and the source: when they match this plan,
-    training again would only repeat it (a rerun of `edgetune run`, a RayJob retried after success)."""
+    training again would only repeat it (a rerun of `edgetune run`, a RayJob retried after success).
+    A student's header must also match `distilled` (its teacher and distillation spec)."""
     key = f"{MODEL_KEY}/{ARTIFACT_FILE}"
     if not storage.exists(key):
         return None
     header = json.loads(storage.read_bytes(key))
     if header.get("steps") != plan.total_steps or header.get("source") != config.model.source:
+        return None
+    if distilled is not None and any((header.get("distill") or {}).get(k) != v for k, v in distilled.items()):
         return None
     evaluation = header.get("eval") or {}
     return TrainResult(
@@ -135,6 +140,7 @@ def prepare_run(
     if fresh:
         storage.delete_dir(ckpt.CHECKPOINTS_KEY)
         storage.delete_dir(MODEL_KEY)
+        storage.delete_dir(STUDENTS_KEY)  # distilled from the model deleted above
     base_dir = base_dir.resolve() if base_dir else None  # workers run in other folders
     plan = preflight(config, base_dir)
     return PreparedRun(config, storage, base_dir, plan, finished_run(config, storage, plan))
@@ -175,8 +181,11 @@ def launch_training(
     max_failures: int = 2,
     ray_init: dict[str, Any] | None = None,
     one_worker_per_node: bool = False,
+    loop: Callable[[dict[str, Any]], None] = train_loop_per_worker,
+    loop_extra: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Run the prepared training on Ray (started here unless it already runs) and wait for it.
+    """Run the prepared training on Ray (started here unless it already runs) and wait for it. `loop` is
+    what each worker runs, with `loop_extra` in its config (a distillation's target).
 
     `one_worker_per_node`: each training worker on a Ray node of its own (STRICT_SPREAD), for a cluster
     whose worker pods are each sized for one worker (KubeRay's, as the operator renders it). Ray rounds a
@@ -190,12 +199,13 @@ def launch_training(
     gpus = config.scaling.gpus_per_worker
     resources = {"CPU": config.scaling.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        loop,
         train_loop_config={
             "job": config.to_dict(),
             "base_dir": str(base_dir) if base_dir else None,
             "run_token": secrets.token_hex(3),
             "progress_queue": pump.queue,
+            **(loop_extra or {}),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.scaling.workers,
