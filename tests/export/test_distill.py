@@ -231,6 +231,14 @@ def test_the_search_publishes_the_smallest_candidate_within_budget(text_model: T
     status = report.to_status()
     assert status["candidate"] == "student-int8" and len(status["candidates"]) == 3
 
+    # A size budget int8 alone cannot meet: the teacher-int8 candidate fails it, a student meets it.
+    below_int8 = (sizes["teacher-int8"] - 1) / 1e6
+    sized = target(quantize="int8", distill=distill, budgets={"maxSizeMB": below_int8, "maxAccuracyDrop": 100.0})
+    small = export_candidates(text_model.artifact, folder, sized, text_model.examples, out, options=FAST)
+    assert small.candidates[0]["phase"] == "Failed"
+    assert small.candidates[0]["missedBudgets"] == ["maxSizeMB"]
+    assert small.succeeded and small.candidate == "student-int8"
+
     tight = target(quantize="int8", distill=distill, budgets={"maxSizeMB": 0.001})
     failed = export_candidates(text_model.artifact, folder, tight, text_model.examples, out, options=FAST)
     assert not failed.succeeded and failed.candidate is None
