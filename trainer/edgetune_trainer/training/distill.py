@@ -144,9 +144,9 @@ class DistillWorker(Worker):
 
     def load_model(self) -> LoadedModel:
         _, self.distill = distill_target(self.config, self.target_name)
-        folder = Path(tempfile.mkdtemp(prefix="edgetune-teacher-"))
-        self.job_storage().download_dir(MODEL_KEY, folder)
-        teacher, header = load_artifact(folder)
+        with tempfile.TemporaryDirectory(prefix="edgetune-teacher-") as folder:  # loaded whole into memory
+            self.job_storage().download_dir(MODEL_KEY, Path(folder))
+            teacher, header = load_artifact(Path(folder))
         self.teacher_eval = header.get("eval") or {}
         if self.distill.student.source is not None:
             named = self.config.model.model_copy(update={"source": self.distill.student.source})
