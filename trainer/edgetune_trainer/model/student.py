@@ -66,7 +66,9 @@ def build_student(teacher: LoadedModel, distill: DistillSpec) -> tuple[LoadedMod
     own model is."""
     spec = distill.student
     if teacher.family != "hf":
-        raise ModelLoadError("a cut of the teacher (student.layers, hiddenSize) or pruning needs a transformers model")
+        raise ModelLoadError(
+            "a cut of the teacher (student.layers, hiddenSize, embeddingRank) or pruning needs a transformers model"
+        )
     config = copy.deepcopy(teacher.model.config)
     record: dict[str, Any] = {"kind": "cut", "teacherLayers": config.num_hidden_layers}
     if spec.hidden_size is not None:
@@ -111,8 +113,6 @@ def _cut(model: nn.Module, keep: list[int]) -> nn.Module:
 
     config = copy.deepcopy(model.config)  # type: ignore[attr-defined]
     config.num_hidden_layers = len(keep)
-    pruned = getattr(config, "pruned_heads", None) or {}
-    config.pruned_heads = {str(new): pruned[str(old)] for new, old in enumerate(keep) if str(old) in pruned}
     student = AutoModelForSequenceClassification.from_config(config)
     renumber = {old: new for new, old in enumerate(keep)}
     state: dict[str, Any] = {}
