@@ -196,9 +196,9 @@ def _after_training(
     """Training succeeded: distil the students the export targets ask for (one RayJob for all of them,
     retried like training within runPolicy.backoffLimit, resuming from the students' checkpoints), then
     export."""
+    b.condition("Training", "False", "Completed", f"attempt {trained.attempt} finished training ({trained.name})")
     if not any(target.distill for target in spec.export):
         return _exports(b, spec, trained, exports)
-    b.condition("Training", "False", "Completed", f"attempt {trained.attempt} finished training ({trained.name})")
     if not distills:
         return _distill(b, trained, 1)
     active = max(distills, key=lambda r: r.attempt)
@@ -266,8 +266,7 @@ def _after_failure(b: _Builder, spec: FineTuneJobSpec, failed: RayJobView) -> De
 
 
 def _exports(b: _Builder, spec: FineTuneJobSpec, trained: RayJobView, jobs: list[ExportJobView]) -> Decision:
-    """Training succeeded: one export Job per target; the job ends when every export has."""
-    b.condition("Training", "False", "Completed", f"attempt {trained.attempt} finished training ({trained.name})")
+    """Training (and any distillation) succeeded: one export Job per target; the job ends when every export has."""
     if not spec.export:
         b.condition("Succeeded", "True", "Trained", "training finished; no export targets")
         b.phase("Succeeded", "Succeeded", "training finished; no export targets")
