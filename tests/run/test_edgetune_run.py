@@ -64,6 +64,29 @@ def small_job(folder: Path, name: str, **changes: Any) -> Path:
     return path
 
 
+def interrupt_at(job: Path, cwd: Path, prefix: str) -> tuple[subprocess.Popen[str], str, str, list[str]]:
+    """`edgetune run JOB --json`, Ctrl-C'd at the first stderr line starting with `prefix`: the process, its
+    stdout and stderr after the interrupt, and the stderr lines up to it."""
+    process = subprocess.Popen(
+        command(str(job), "--json"),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+        start_new_session=True,  # its own process group, as a terminal's foreground job is
+    )
+    seen = []
+    assert process.stderr is not None
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith(prefix):
+            os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+            break
+    stdout, stderr = process.communicate(timeout=120)
+    return process, stdout, stderr, seen
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -142,23 +165,7 @@ def test_quickstart_end_to_end_then_already_finished(tmp_path: Path) -> None:
 
 def test_ctrl_c_keeps_the_last_checkpoint_and_the_next_run_resumes(tmp_path: Path) -> None:
     job = small_job(tmp_path, "interrupted", training={"epochs": 2})
-    process = subprocess.Popen(
-        command(str(job), "--json"),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(),
-        start_new_session=True,  # its own process group, as a terminal's foreground job is
-    )
-    seen = []
-    assert process.stderr is not None
-    for line in process.stderr:
-        seen.append(line)
-        if line.startswith("checkpoint at step"):
-            os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
-            break
-    stdout, stderr = process.communicate(timeout=120)
+    process, stdout, stderr, seen = interrupt_at(job, tmp_path, "checkpoint at step")
     assert process.returncode == 130, "".join(seen) + stderr[-3000:]
     summary = json.loads(stdout)
     assert summary["phase"] == "Interrupted"
@@ -265,23 +272,7 @@ def test_a_distill_target_trains_a_student_that_resumes_and_is_then_reused(tmp_p
     }
     job["spec"]["export"] = [{"name": "tiny", "quantize": "int8", "distill": distill}]
     job_file.write_text(yaml.safe_dump(job, sort_keys=False))
-    process = subprocess.Popen(
-        command(str(job_file), "--json"),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(),
-        start_new_session=True,
-    )
-    seen = []
-    assert process.stderr is not None
-    for line in process.stderr:
-        seen.append(line)
-        if line.startswith("distill tiny: checkpoint at step"):
-            os.killpg(process.pid, signal.SIGINT)
-            break
-    stdout, stderr = process.communicate(timeout=120)
+    process, stdout, stderr, seen = interrupt_at(job_file, tmp_path, "distill tiny: checkpoint at step")
     assert process.returncode == 130, "".join(seen) + stderr[-3000:]
     interrupted = json.loads(stdout)
     assert interrupted["phase"] == "Interrupted"
