@@ -29,9 +29,11 @@ CRD_PATHS: list[Path] = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def control_plane() -> Iterator[ControlPlane]:
-    """One control plane for the whole session (starting one takes seconds)."""
+    """One control plane for this tier (starting one takes seconds). Package scope: it stops when the
+    tier ends, so that its idle API server, etcd and controllers (4 CPU-seconds a minute) do not run on through
+    the kind, run and trainer tiers that follow on the same 2 cores."""
     missing = [str(p.relative_to(REPO_ROOT)) for p in CRD_PATHS if not p.exists()]
     if missing:
         pytest.fail(f"CRD files missing: {', '.join(missing)}", pytrace=False)
@@ -49,7 +51,7 @@ def control_plane() -> Iterator[ControlPlane]:
         plane.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kube_api(control_plane: ControlPlane) -> Iterator[kubernetes.client.ApiClient]:
     """An ApiClient acting as the cluster admin."""
     with control_plane.api_client() as client:
