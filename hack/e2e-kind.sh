@@ -252,7 +252,7 @@ docker images --format '  {{.Repository}}:{{.Tag}}  {{.Size}}' "$TRAINER_IMAGE"
 
 # Disk, checked before anything is created. kind's nodes share nothing: each worker node unpacks the 7 GB
 # trainer image into its own containerd (about 9.3 GB per node with the other images, measured), and a pull
-# holds its compressed download until the layer is unpacked. A full run here took 32.8 GB of free space at
+# holds its compressed download until the layer is unpacked. A full run here took 33.1 GB of free space at
 # its lowest point, about 4.5 times the trainer image. Short of that, a node's containerd or etcd dies
 # half-way with "no space left on device", minutes in and far from the cause.
 docker_root=$(docker info -f '{{.DockerRootDir}}')
